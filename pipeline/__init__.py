@@ -1,0 +1,1 @@
+"""MNIST GAN pipeline: one module per DVC stage plus the shared pure code."""

@@ -1,0 +1,44 @@
+"""Pixel conversions, image grids and PNG files (Pillow)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.atomic import atomic_path
+
+
+def to_unit(images: np.ndarray) -> np.ndarray:
+    """Generator output in [-1, 1] to floats in [0, 1]."""
+    return np.clip((np.asarray(images, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Generator output in [-1, 1], (n, 28, 28[, 1]), to 8-bit pixels (n, 28, 28), as a PNG stores them."""
+    x = np.rint(to_unit(images) * 255.0).astype(np.uint8)
+    return x.reshape(x.shape[0], x.shape[1], x.shape[2])
+
+
+def from_uint8(pixels: np.ndarray) -> np.ndarray:
+    """8-bit pixels (n, 28, 28) to the generator's range [-1, 1], (n, 28, 28, 1)."""
+    return (pixels.astype(np.float32) / 127.5 - 1.0)[..., None]
+
+
+def grid(pixels: np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
+    """Tile uint8 images (n, h, w) into one image with `cols` columns."""
+    n, h, w = pixels.shape
+    rows = -(-n // cols)
+    out = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad), np.uint8)
+    for i, img in enumerate(pixels):
+        r, c = divmod(i, cols)
+        out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
+    return out
+
+
+def save_png(pixels: np.ndarray, target: str | Path, scale: int = 1) -> None:
+    img = Image.fromarray(pixels, mode="L")
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    with atomic_path(target) as tmp:
+        img.save(tmp, format="PNG")

@@ -1,0 +1,1 @@
+"""BentoML service for the exported MNIST GAN generator."""
