@@ -76,6 +76,10 @@ def check(ds: Mnist, origin: str) -> Mnist:
 
 # --- pypi ------------------------------------------------------------------
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """The pickle asked for something other than numpy array reconstruction."""
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles numpy arrays and nothing else: no code runs from the file."""
 
@@ -84,11 +88,16 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2; pure data
     }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+            raise RefusedGlobal(f"refusing to unpickle {module}.{name}")
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
         return getattr(np._core.multiarray if name == "_reconstruct" else np, name)
 
 
@@ -141,9 +150,9 @@ def parse_pickle(raw: bytes, origin: str) -> Mnist:
     """The mnist.pkl layout: ((x, y) train 50k, valid 10k, test 10k), x = float32 pixel/256."""
     try:
         splits = restricted_loads(raw)
-    except pickle.UnpicklingError as exc:
+    except RefusedGlobal as exc:
         raise StageError(f"{origin}: {exc}") from None
-    except (EOFError, ValueError, TypeError, IndexError, AttributeError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise StageError(f"{origin}: truncated or corrupt pickle ({type(exc).__name__}: {exc})") from None
     if not (isinstance(splits, tuple) and len(splits) == 3
             and all(isinstance(s, tuple) and len(s) == 2 for s in splits)):

@@ -1,0 +1,43 @@
+import pytest
+import yaml
+
+from pipeline import params
+from pipeline.errors import StageError
+
+
+def test_repo_params_are_valid():
+    for section in params.SECTIONS:
+        params.load(section, "params.yaml")
+
+
+def test_defaults_fill_missing_section():
+    assert params.parse("train", None).arch == "dcgan"
+
+
+@pytest.mark.parametrize("section, raw, needle", [
+    ("prepare", {"digits": [3, 11]}, "prepare.digits.1"),
+    ("prepare", {"source": "web"}, "'pypi', 'keras', 'npz' or 'idx'"),
+    ("prepare", {"source": "npz"}, "path is required"),
+    ("prepare", {"limit": -1}, "prepare.limit"),
+    ("prepare", {"colour": 1}, "prepare.colour"),
+    ("train", {"arch": "vae"}, "'mlp' or 'dcgan'"),
+    ("train", {"steps": 0}, "train.steps"),
+    ("evaluate", {"num_samples": "many"}, "evaluate.num_samples"),
+])
+def test_bad_values_name_the_key(section, raw, needle):
+    with pytest.raises(StageError) as err:
+        params.parse(section, raw)
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_load_reports_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(StageError, match="not found"):
+        params.load("train", tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(StageError, match="not valid YAML"):
+        params.load("train", bad)
+    bad.write_text(yaml.safe_dump({"train": 3}))
+    with pytest.raises(StageError, match="train must be a mapping"):
+        params.load("train", bad)
