@@ -1,0 +1,135 @@
+"""The whole path on tiny params: `dvc repro` in a temp git repo against a temp
+MLflow store and BentoML home, then a real `bentoml serve` and real HTTP."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from e2e_util import Served, copy_project, env_for, set_params
+
+pytestmark = pytest.mark.e2e
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    project = copy_project(tmp / "project")
+    set_params(project,
+               prepare={"limit": 300},
+               train={"steps": STEPS, "batch_size": 32, "sample_every": 3, "log_every": 4, "z_dim": 24},
+               evaluate={"num_samples": 64})
+    env = env_for(tmp)
+    proc = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return project, env, tmp
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(pipeline_run):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=pipeline_run[1]["MLFLOW_TRACKING_URI"])
+
+
+def test_outputs(pipeline_run):
+    project = pipeline_run[0]
+    with np.load(project / "data/prepared/mnist.npz") as f:
+        assert f["x_train"].dtype == np.uint8 and f["x_train"].shape == (300, 28, 28)
+        assert f["x_test"].shape == (300, 28, 28)
+    report = json.loads((project / "reports/data.json").read_text())
+    assert report["source"] == "pypi" and sum(report["train"]["per_class"].values()) == 300
+
+    rows = list(csv.DictReader(open(project / "reports/train/losses.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
+    assert all(np.isfinite(float(r["d_loss"])) and np.isfinite(float(r["g_loss"])) for r in rows)
+    grids = sorted(p.name for p in (project / "reports/train/samples").iterdir())
+    assert grids == ["step_000003.png", "step_000006.png"]
+
+    m = json.loads((project / "reports/metrics.json").read_text())
+    for key in ("l1_nearest_train_gen", "l1_nearest_train_real", "memorization_ratio",
+                "l1_pairwise_gen", "l1_pairwise_real", "diversity_ratio"):
+        assert 0 <= m[key] < 10, key
+    assert m["memorization_ratio"] == pytest.approx(m["l1_nearest_train_gen"] / m["l1_nearest_train_real"])
+
+    card = json.loads((project / "export/model_card.json").read_text())
+    assert card["z_dim"] == 24 and card["output"]["range"] == [-1.0, 1.0]
+    assert card["data_sha256"] == report["data_sha256"] and card["metrics"] == m
+    assert (project / "export/generator/saved_model.pb").is_file()
+
+    status = subprocess.run(["dvc", "status"], cwd=project, env=pipeline_run[1], capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout
+
+
+def test_mlflow_run(pipeline_run, mlflow_client):
+    project = pipeline_run[0]
+    run_id = json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
+    run = mlflow_client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.steps"] == str(STEPS) and run.data.params["evaluate.num_samples"] == "64"
+    for key in ("d_loss", "g_loss"):
+        hist = mlflow_client.get_metric_history(run_id, key)
+        assert sorted(h.step for h in hist) == list(range(1, STEPS + 1))
+    assert "diversity_ratio" in run.data.metrics
+    artifacts = {a.path for a in mlflow_client.list_artifacts(run_id)}
+    assert "model_card.json" in artifacts
+    samples = [a.path for a in mlflow_client.list_artifacts(run_id, "samples")]
+    assert any(p.endswith(".png") for p in samples)
+    versions = mlflow_client.search_model_versions("name='mnist-gan-generator'")
+    assert [v.run_id for v in versions] == [run_id]
+    assert json.loads((project / "export/model_card.json").read_text())["mlflow_run_id"] == run_id
+
+
+@pytest.fixture(scope="module")
+def served(pipeline_run):
+    project, env, _ = pipeline_run
+    server = Served(project, env)
+    try:
+        server.wait_ready()
+        yield server, project
+    finally:
+        server.stop()
+
+
+def test_render_png(served):
+    server, _ = served
+    r = requests.post(f"{server.url}/render", json={"z": [0.5] * 24}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(r.content))
+    assert img.size == (28, 28) and img.mode == "L"
+
+
+def test_generate_matches_saved_model(served):
+    import tensorflow as tf
+
+    server, project = served
+    z = np.random.default_rng(3).standard_normal((3, 24)).astype(np.float32)
+    r = requests.post(f"{server.url}/generate", json={"z": z.tolist()}, timeout=30)
+    assert r.status_code == 200, r.text
+    got = np.asarray(r.json())
+    assert got.shape == (3, 28, 28) and got.min() >= 0 and got.max() <= 1
+    saved = tf.saved_model.load(str(project / "export/generator"))
+    expected = (saved.serve(z).numpy()[..., 0] + 1) / 2
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/render", {"z": [0.1] * 5}, "z"),
+    ("/generate", {"z": [[0.1] * 24, [0.1] * 23]}, "z[1]"),
+    ("/generate", {"z": []}, "z"),
+    ("/generate", {"z": [["x"] * 24]}, "z"),
+    ("/render", {"w": [0.1] * 24}, "z"),
+])
+def test_bad_input_is_400_naming_the_field(served, path, body, field):
+    server, _ = served
+    r = requests.post(f"{server.url}{path}", json=body, timeout=30)
+    assert r.status_code == 400, (r.status_code, r.text)
+    assert field in r.text
+    assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 200
