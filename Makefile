@@ -25,13 +25,13 @@ install-dev: $(VENV)/.installed-dev
 
 run: install
 	$(BIN)/dvc repro
+	@$(BIN)/dvc metrics show
 	@echo
-	@echo "Metrics:        reports/metrics.json   (dvc metrics show)"
-	@echo "Loss plot:      dvc plots show"
-	@echo "MLflow UI:      make ui"
-	@echo "Serve:          make serve   then"
-	@echo "  curl -s -X POST localhost:$(PORT)/render -H 'Content-Type: application/json' \\"
-	@echo "       -d \"{\\\"z\\\": $$($(BIN)/python -c 'import json;print(json.dumps([0.0]*json.load(open("export/model_card.json"))["z_dim"]))')}\" -o digit.png"
+	@echo 'Metrics:  reports/metrics.json (dvc metrics show); loss curves: dvc plots show'
+	@echo 'MLflow:   make ui, then open http://127.0.0.1:5000 (experiment mnist-gan)'
+	@echo 'Serve:    make serve, then in another shell:'
+	@echo '  curl -s -X POST http://127.0.0.1:$(PORT)/render -H "Content-Type: application/json" \'
+	@echo '       -d "{\"z\": $$(python3 -c "print([0.0] * 100)")}" -o digit.png'
 
 test: install-dev
 	$(BIN)/python -m pytest

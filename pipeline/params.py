@@ -33,16 +33,17 @@ class PrepareParams(_Section):
 
 
 class TrainParams(_Section):
-    arch: Literal["mlp", "dcgan"] = "dcgan"
+    arch: Literal["mlp", "dcgan"] = "mlp"
     loss: Literal["bce"] = "bce"
+    optimizer: Literal["adam", "rmsprop"] = "adam"
     z_dim: int = Field(100, ge=1, le=1024)
-    steps: int = Field(2000, ge=1)
+    steps: int = Field(6000, ge=1)
     batch_size: int = Field(64, ge=2, le=4096)
     d_lr: float = Field(2e-4, gt=0, lt=1)
-    g_lr: float = Field(1e-4, gt=0, lt=1)
+    g_lr: float = Field(2e-4, gt=0, lt=1)
     seed: int = Field(42, ge=0)
-    sample_every: int = Field(200, ge=1)
-    log_every: int = Field(20, ge=1)
+    sample_every: int = Field(500, ge=1)
+    log_every: int = Field(50, ge=1)
 
 
 class EvaluateParams(_Section):

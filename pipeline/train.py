@@ -34,8 +34,8 @@ def build(p: params.TrainParams):
 
     keras.utils.set_random_seed(p.seed)
     gan = GAN(build_generator(p.arch, p.z_dim), build_discriminator(p.arch), p.z_dim, p.seed)
-    # Seed 001: RMSprop for both, G at half of D's rate.
-    gan.compile(d_optimizer=keras.optimizers.RMSprop(p.d_lr), g_optimizer=keras.optimizers.RMSprop(p.g_lr))
+    opt = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}[p.optimizer]
+    gan.compile(d_optimizer=opt(p.d_lr), g_optimizer=opt(p.g_lr))
     return gan
 
 

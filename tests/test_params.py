@@ -11,7 +11,7 @@ def test_repo_params_are_valid():
 
 
 def test_defaults_fill_missing_section():
-    assert params.parse("train", None).arch == "dcgan"
+    assert params.parse("train", None) == params.TrainParams()
 
 
 @pytest.mark.parametrize("section, raw, needle", [
@@ -21,6 +21,7 @@ def test_defaults_fill_missing_section():
     ("prepare", {"limit": -1}, "prepare.limit"),
     ("prepare", {"colour": 1}, "prepare.colour"),
     ("train", {"arch": "vae"}, "'mlp' or 'dcgan'"),
+    ("train", {"optimizer": "sgd"}, "'adam' or 'rmsprop'"),
     ("train", {"steps": 0}, "train.steps"),
     ("evaluate", {"num_samples": "many"}, "evaluate.num_samples"),
 ])
