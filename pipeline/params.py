@@ -35,7 +35,7 @@ class PrepareParams(_Section):
 class TrainParams(_Section):
     arch: Literal["mlp", "dcgan"] = "mlp"
     loss: Literal["bce"] = "bce"
-    optimizer: Literal["adam", "rmsprop"] = "adam"
+    optimizer: Literal["adam", "rmsprop"] = "rmsprop"
     z_dim: int = Field(100, ge=1, le=1024)
     steps: int = Field(6000, ge=1)
     batch_size: int = Field(64, ge=2, le=4096)
