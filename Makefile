@@ -6,7 +6,11 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 PORT ?= 3000
 
-.PHONY: run test serve ui install install-dev clean
+# Debian packages some features use: Graphviz draws the architecture
+# diagrams, Chromium drives the browser test of the service's page.
+DEBIAN_PACKAGES ?= graphviz chromium
+
+.PHONY: run test serve ui install install-dev system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +23,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(VENV)/.installed $@
+
+# Installs the missing Debian packages when it can (root with apt-get);
+# otherwise says what is missing and goes on.
+system-deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+		echo "note: missing Debian packages ($$missing); install them for architecture diagrams and the browser test"; \
+	fi
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -33,7 +49,7 @@ run: install
 	@echo '  curl -s -X POST http://127.0.0.1:$(PORT)/render -H "Content-Type: application/json" \'
 	@echo '       -d "{\"z\": $$(python3 -c "print([0.0] * 100)")}" -o digit.png'
 
-test: install-dev
+test: install-dev system-deps
 	$(BIN)/python -m pytest
 
 serve: install
