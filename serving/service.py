@@ -2,68 +2,233 @@
 
     bentoml serve serving.service:Generator --port 3000
 
-Loads `mnist_gan_generator:latest` from the BentoML store (the env variable
-MNIST_GAN_MODEL_TAG pins another tag) and reads z_dim and the output range
-from the model card saved beside the SavedModel. Imports nothing from
+Owns the HTTP contract: `/generate` (adaptive batching), `/render`, `/sample`,
+`/interpolate`, `/info` (the model card), the `/ui` page, and the input
+bounds every endpoint enforces. Loads `mnist_gan_generator:latest` from the
+BentoML store (MNIST_GAN_MODEL_TAG pins another tag) and reads z_dim and the
+output range from the model card saved beside the SavedModel, so a generator
+of any z_dim is served without code changes. Imports nothing from
 `pipeline/`: the SavedModel and its card are the contract.
 """
 from __future__ import annotations
 
-import io
 import json
+import math
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import BadInput
+from bentoml.exceptions import BentoMLException
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from PIL import Image
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 MODEL_TAG = os.environ.get("MNIST_GAN_MODEL_TAG", "mnist_gan_generator:latest")
-Z_BOUND = 10.0     # |z| per component; N(0, 1) draws beyond this carry no meaning
-MAX_BATCH = 256    # z-vectors per /generate request
+Z_BOUND = 10.0          # |z| per component; N(0, 1) draws beyond this carry no meaning
+MAX_BATCH = 256         # z-vectors per /generate request
+MAX_BODY_BYTES = 4 << 20  # request bodies; a full /generate batch of z_dim 100 is about 0.6 MiB
+# The in-process bound is reached at batch 64; bigger batches only add latency.
+INFER_BATCH = 64
+JSON_PATHS = frozenset({"/generate", "/render", "/sample", "/interpolate"})
+PAGE = Path(__file__).with_name("static") / "index.html"
+# Six decimals keep the JSON response within 5e-7 of the float32 image and
+# half the size of full float64 reprs, which is what the client parses.
+DECIMALS = 6
 
-ZValue = Annotated[float, Field(allow_inf_nan=False, ge=-Z_BOUND, le=Z_BOUND)]
-ZVector = Annotated[list[ZValue], Field(min_length=1, max_length=4096)]
+
+def _load_card(ref: bentoml.models.BentoModel) -> tuple[str, Path, dict]:
+    """The stored model's resolved tag, folder and card, read at import so
+    that the request schemas can carry the served z_dim."""
+    stored = ref.stored
+    if stored is None:
+        raise BentoMLException(
+            f"model {ref.tag} is not in the BentoML store (BENTOML_HOME); run the "
+            "pipeline's export stage, or set MNIST_GAN_MODEL_TAG to a stored tag")
+    path = Path(stored.path)
+    return str(stored.tag), path, json.loads((path / "model_card.json").read_text())
 
 
-@bentoml.service(traffic={"timeout": 30})
+MODEL = bentoml.models.BentoModel(MODEL_TAG)
+TAG, MODEL_PATH, CARD = _load_card(MODEL)
+Z_DIM = int(CARD["z_dim"])
+
+
+def _lengths_ok(field: str):
+    """A validator naming the offending vector, e.g. `z[1]`, in its message;
+    pydantic's own length errors put the index only in `loc`."""
+    def check(vectors: list[list[float]]) -> list[list[float]]:
+        for i, v in enumerate(vectors):
+            if len(v) != Z_DIM:
+                where = field if len(vectors) == 1 else f"{field}[{i}]"
+                raise ValueError(f"{where}: expected {Z_DIM} numbers (z_dim), got {len(v)}")
+        return vectors
+    return check
+
+
+def _length_ok(field: str):
+    def check(v: list[float]) -> list[float]:
+        if len(v) != Z_DIM:
+            raise ValueError(f"{field}: expected {Z_DIM} numbers (z_dim), got {len(v)}")
+        return v
+    return check
+
+
+# strict: "0.5" and true are not numbers; allow_inf_nan: JSON's NaN/Infinity are refused.
+ZValue = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-Z_BOUND, le=Z_BOUND)]
+_ZList = Annotated[list[ZValue], Field(json_schema_extra={"minItems": Z_DIM, "maxItems": Z_DIM})]
+ZBatch = Annotated[list[_ZList], Field(min_length=1, max_length=MAX_BATCH), AfterValidator(_lengths_ok("z"))]
+
+
+def ZVector(field: str):
+    return Annotated[_ZList, AfterValidator(_length_ok(field))]
+
+
+def _png(img: np.ndarray, scale: int = 1) -> Image.Image:
+    """Floats in [0, 1] (h, w) to a grayscale image, upscaled nearest-neighbour."""
+    pixels = np.rint(img * 255).astype(np.uint8)
+    if scale > 1:
+        pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    return Image.fromarray(pixels)
+
+
+def grid(images: np.ndarray) -> np.ndarray:
+    """(n, 28, 28) to one image, ceil(sqrt(n)) columns, empty tiles black."""
+    n = len(images)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    tiles = np.zeros((rows * cols, 28, 28), images.dtype)
+    tiles[:n] = images
+    return tiles.reshape(rows, cols, 28, 28).transpose(0, 2, 1, 3).reshape(rows * 28, cols * 28)
+
+
+def path_between(a: np.ndarray, b: np.ndarray, steps: int, method: str) -> np.ndarray:
+    """`steps` z-vectors from a to b inclusive, linear or spherical."""
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    if method == "slerp":
+        cos = np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)
+        omega = np.arccos(np.clip(cos, -1.0, 1.0))
+        # Nearly parallel vectors: slerp's weights become 0/0 and linear is the limit.
+        if np.sin(omega) > 1e-6:
+            return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+    return (1 - t) * a + t * b
+
+
+class RequestGuard:
+    """ASGI middleware: 415 unless a POST to the API is JSON, 413 above
+    MAX_BODY_BYTES, before BentoML reads the body. Bodies sent without a
+    Content-Length are buffered up to the bound so they are cut off too."""
+
+    def __init__(self, app, max_body: int = MAX_BODY_BYTES, paths: frozenset[str] = JSON_PATHS):
+        self.app, self.max_body, self.paths = app, max_body, paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if ctype != b"application/json":
+            return await _reject(send, 415, "content-type: expected application/json")
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_body:
+                return await _reject(send, 413, f"body: larger than {self.max_body} bytes")
+            return await self.app(scope, receive, send)
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body:
+                return await _reject(send, 413, f"body: larger than {self.max_body} bytes")
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+        return await self.app(scope, replay, send)
+
+
+async def _reject(send, status: int, error: str) -> None:
+    body = json.dumps({"error": error}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+page = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@bentoml.asgi_app(page, path="/")
+@bentoml.service(
+    # One worker: the model is compute-bound on this CPU and one queue makes
+    # the biggest batches; see bench/serve_throughput.py.
+    workers=int(os.environ.get("MNIST_GAN_WORKERS", "1")),
+    threads=1,
+    traffic={"timeout": 30},
+)
 class Generator:
-    model_ref = bentoml.models.BentoModel(MODEL_TAG)
+    model_ref = MODEL
 
     def __init__(self) -> None:
         import tensorflow as tf
 
-        path = Path(self.model_ref.path)
-        self.card = json.loads((path / "model_card.json").read_text())
-        self.z_dim = int(self.card["z_dim"])
-        self.low, self.high = (float(v) for v in self.card["output"]["range"])
-        self.model = tf.saved_model.load(str(path / "saved_model"))
+        self.low, self.high = (float(v) for v in CARD["output"]["range"])
+        self.model = tf.saved_model.load(str(MODEL_PATH / "saved_model"))
+        # Trace and allocate once so the first request is not the slow one.
+        self.model.serve(np.zeros((1, Z_DIM), np.float32))
 
     def _infer(self, z: np.ndarray) -> np.ndarray:
         """(n, z_dim) float32 to images (n, 28, 28) in [0, 1]."""
-        out = self.model.serve(z).numpy().reshape(len(z), 28, 28)
+        out = self.model.serve(np.ascontiguousarray(z, np.float32)).numpy().reshape(len(z), 28, 28)
         return np.clip((out - self.low) / (self.high - self.low), 0.0, 1.0)
 
-    def _check(self, vectors: list[list[float]], field: str) -> np.ndarray:
-        for i, v in enumerate(vectors):
-            if len(v) != self.z_dim:
-                where = field if len(vectors) == 1 and field == "z" else f"{field}[{i}]"
-                raise BadInput(f"{where}: expected {self.z_dim} floats (z_dim), got {len(v)}")
-        return np.asarray(vectors, dtype=np.float32)
+    @bentoml.api(batchable=True, max_batch_size=INFER_BATCH, max_latency_ms=20_000)
+    def generate(self, z: ZBatch) -> np.ndarray:
+        """Images for a batch of z-vectors, as floats in [0, 1] of shape (n, 28, 28).
+
+        Concurrent requests are batched together (adaptive batching)."""
+        return self._infer(np.asarray(z, np.float32)).astype(np.float64).round(DECIMALS)
 
     @bentoml.api
-    def generate(
-        self,
-        z: Annotated[list[ZVector], Field(min_length=1, max_length=MAX_BATCH)],
-    ) -> list:
-        """Images for a batch of z-vectors, as floats in [0, 1] of shape (n, 28, 28)."""
-        return self._infer(self._check(z, "z")).tolist()
+    def render(self, z: ZVector("z"), scale: Annotated[int, Field(strict=True, ge=1, le=16)] = 1) -> Image.Image:
+        """One z-vector as a grayscale PNG, 28*scale pixels square, nearest-neighbour."""
+        return _png(self._infer(np.asarray([z]))[0], scale)
 
     @bentoml.api
-    def render(self, z: ZVector) -> Image.Image:
-        """One z-vector as a 28x28 grayscale PNG."""
-        img = self._infer(self._check([z], "z"))[0]
-        return Image.fromarray(np.rint(img * 255).astype(np.uint8), mode="L")
+    def sample(self, n: Annotated[int, Field(strict=True, ge=1, le=64)] = 16,
+               seed: Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)] = 0) -> Image.Image:
+        """A PNG grid of n digits from z ~ N(0, 1) drawn with `seed`; a seed always gives the same grid."""
+        z = np.random.default_rng(seed).standard_normal((n, Z_DIM)).clip(-Z_BOUND, Z_BOUND)
+        return _png(grid(self._infer(z)))
+
+    @bentoml.api
+    def interpolate(self, z_start: ZVector("z_start"), z_end: ZVector("z_end"),
+                    steps: Annotated[int, Field(strict=True, ge=2, le=32)] = 8,
+                    method: Literal["linear", "slerp"] = "linear") -> Image.Image:
+        """A PNG strip of `steps` digits walking the latent space from z_start to z_end."""
+        z = path_between(np.asarray(z_start), np.asarray(z_end), steps, method)
+        return _png(np.concatenate(list(self._infer(z)), axis=1))
+
+    @page.get("/info")
+    def info(self) -> dict:
+        """The model card, with the BentoML tag; `verdict` only when the card has one."""
+        keys = ("z_dim", "arch", "loss", "params", "metrics", "mlflow_run_id", "data_sha256", "output")
+        card = {k: CARD.get(k) for k in keys}
+        card["tag"] = TAG
+        if "verdict" in CARD:
+            card["verdict"] = CARD["verdict"]
+        card["bounds"] = {"z_abs_max": Z_BOUND, "max_batch": MAX_BATCH, "max_body_bytes": MAX_BODY_BYTES}
+        return card
+
+    @page.get("/ui")
+    def ui(self) -> FileResponse:
+        """The page people play with."""
+        return FileResponse(PAGE, media_type="text/html")
+
+
+Generator.add_asgi_middleware(RequestGuard)

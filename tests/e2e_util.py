@@ -94,3 +94,47 @@ class Served:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
         self.log.close()
+
+
+_STORE_SCRIPT = """
+import json, sys, tempfile
+from pathlib import Path
+from pipeline.export import export_saved_model, model_card, save_to_bentoml
+from pipeline.models import build_generator
+
+arch, z_dim, extra = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+try:  # the builder takes the train params section
+    from pipeline.params import TrainParams
+    gen = build_generator(TrainParams(arch=arch, z_dim=z_dim))
+except ImportError:  # the builder of the first skeleton
+    gen = build_generator(arch, z_dim)
+tmp = Path(tempfile.mkdtemp())
+export_saved_model(gen, tmp / "generator")
+card = model_card(gen, {"run_id": "test-run"}, {"diversity_ratio": 0.9}, {"data_sha256": "0" * 64},
+                  {"train.arch": arch, "train.loss": "bce"})
+card.update(extra)
+print(save_to_bentoml(tmp / "generator", card))
+"""
+
+
+def store_generator(env: dict[str, str], arch: str = "mlp", z_dim: int = 100, **card) -> str:
+    """An untrained generator exported and saved to the BentoML store that
+    `env` names (BENTOML_HOME), in a subprocess so this process's bentoml
+    keeps its own home. `card` overrides model-card keys. Returns the tag."""
+    import json
+
+    env = dict(env, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", _STORE_SCRIPT, arch, str(z_dim), json.dumps(card)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def serving_env(tmp: Path) -> dict[str, str]:
+    """Environment for `bentoml serve` of this checkout's service against a
+    temp BentoML home."""
+    env = dict(os.environ)
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", BENTOML_HOME=str(tmp / "bentoml"),
+               TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT), BENTOML_DO_NOT_TRACK="true")
+    return env
