@@ -170,6 +170,7 @@ page = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     workers=int(os.environ.get("MNIST_GAN_WORKERS", "1")),
     threads=1,
     traffic={"timeout": 30},
+    logging={"access": {"enabled": os.environ.get("MNIST_GAN_ACCESS_LOG", "0") == "1"}},
 )
 class Generator:
     model_ref = MODEL
@@ -177,6 +178,13 @@ class Generator:
     def __init__(self) -> None:
         import tensorflow as tf
 
+        # One thread per op by default: on a small CPU the HTTP event loop
+        # needs a core of its own, and TF's op-level threads then only
+        # contend with it (bench/serve_throughput.py measured both).
+        threads = int(os.environ.get("MNIST_GAN_TF_THREADS", "1"))
+        if threads > 0:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
         self.low, self.high = (float(v) for v in CARD["output"]["range"])
         self.model = tf.saved_model.load(str(MODEL_PATH / "saved_model"))
         # Trace and allocate once so the first request is not the slow one.

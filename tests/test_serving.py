@@ -1,0 +1,318 @@
+"""The served generator over real HTTP: every endpoint's contract, the input
+bounds, a fuzz set from the OpenAPI spec, a 32-client load test against
+in-process inference, a z_dim-64 model served from its card alone, the page
+in headless Chromium, and `bentoml build`. Each server is a real
+`bentoml serve` on a free loopback port with a temp BENTOML_HOME."""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+from PIL import Image
+
+from e2e_util import ROOT, BIN, Served, serving_env, store_generator
+
+pytestmark = pytest.mark.e2e
+Z_DIM = 24
+VERDICT = {"mode_collapse": False, "memorization": False, "quality_gate_passed": True, "reasons": []}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serving")
+    env = serving_env(tmp)
+    tag = store_generator(env, "mlp", Z_DIM, verdict=VERDICT, mlflow_run_id="run-24")
+    return tmp, env, tag
+
+
+@pytest.fixture(scope="module")
+def server(home):
+    tmp, env, tag = home
+    served = Served(tmp, dict(env, MNIST_GAN_MODEL_TAG=tag))
+    try:
+        served.wait_ready()
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(home):
+    """In-process inference on the stored SavedModel, as the service should compute it."""
+    import tensorflow as tf
+
+    tmp, _, tag = home
+    name, version = tag.split(":")
+    model = tf.saved_model.load(str(tmp / "bentoml/models" / name / version / "saved_model"))
+    return lambda z: np.clip((model.serve(np.asarray(z, np.float32)).numpy()[..., 0] + 1) / 2, 0, 1)
+
+
+def post(server, path, body, **kw):
+    return requests.post(f"{server.url}{path}", json=body, timeout=30, **kw)
+
+
+def png(r) -> np.ndarray:
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(r.content))
+    assert img.mode == "L"
+    return np.asarray(img)
+
+
+def z_of(seed: int, n: int | None = None, dim: int = Z_DIM) -> list:
+    z = np.random.default_rng(seed).standard_normal((n or 1, dim)).round(6)
+    return z.tolist() if n else z[0].tolist()
+
+
+def test_generate_equals_in_process(server, reference):
+    z = z_of(1, 5)
+    r = post(server, "/generate", {"z": z})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    got = np.asarray(r.json())
+    assert got.shape == (5, 28, 28) and 0 <= got.min() and got.max() <= 1
+    np.testing.assert_allclose(got, reference(z), atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1, 3, 16])
+def test_render_scales_nearest_neighbour(server, reference, scale):
+    z = z_of(2)
+    pixels = png(post(server, "/render", {"z": z, "scale": scale}))
+    assert pixels.shape == (28 * scale, 28 * scale)
+    expected = np.rint(reference([z])[0] * 255)
+    assert np.abs(pixels[::scale, ::scale] - expected).max() <= 1
+    # Nearest-neighbour: every scale x scale block is one value.
+    blocks = pixels.reshape(28, scale, 28, scale)
+    assert (blocks == blocks[:, :1, :, :1]).all()
+
+
+def test_sample_is_a_seeded_grid(server):
+    a = post(server, "/sample", {"n": 5, "seed": 7})
+    b = post(server, "/sample", {"n": 5, "seed": 7})
+    c = post(server, "/sample", {"n": 5, "seed": 8})
+    grid = png(a)
+    assert grid.shape == (2 * 28, 3 * 28)          # 3 columns, 2 rows
+    assert (grid[28:, 56:] == 0).all()              # the sixth tile is empty
+    assert a.content == b.content and not np.array_equal(grid, png(c))
+    assert png(post(server, "/sample", {"n": 64, "seed": 0})).shape == (8 * 28, 8 * 28)
+
+
+@pytest.mark.parametrize("method", ["linear", "slerp"])
+def test_interpolate_strip_runs_from_start_to_end(server, method):
+    z0, z1 = z_of(3), z_of(4)
+    strip = png(post(server, "/interpolate", {"z_start": z0, "z_end": z1, "steps": 5, "method": method}))
+    assert strip.shape == (28, 5 * 28)
+    first, last = png(post(server, "/render", {"z": z0})), png(post(server, "/render", {"z": z1}))
+    assert np.abs(strip[:, :28].astype(int) - first).max() <= 1
+    assert np.abs(strip[:, -28:].astype(int) - last).max() <= 1
+    assert not np.array_equal(strip[:, 28:56], strip[:, :28])
+
+
+def test_info_is_the_model_card(server, home):
+    info = requests.get(f"{server.url}/info", timeout=10).json()
+    assert info["tag"] == home[2] and info["mlflow_run_id"] == "run-24"
+    assert info["z_dim"] == Z_DIM and info["arch"] == "mlp" and info["metrics"] == {"diversity_ratio": 0.9}
+    assert info["verdict"] == VERDICT
+
+
+def test_health_metrics_openapi(server):
+    for path in ("/livez", "/readyz"):
+        assert requests.get(f"{server.url}{path}", timeout=10).status_code == 200
+    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert "bentoml_service_request_total" in metrics and 'endpoint="/generate"' in metrics
+    paths = requests.get(f"{server.url}/docs.json", timeout=10).json()["paths"]
+    assert {"/generate", "/render", "/sample", "/interpolate"} <= set(paths)
+
+
+NAN_BODY = '{"z": [[NaN' + ", 0" * (Z_DIM - 1) + "]]}"
+INF_BODY = '{"z": [' + "0, " * (Z_DIM - 1) + "Infinity]}"
+GOOD = [0.0] * Z_DIM
+BAD = [
+    # (path, body: dict or raw JSON text, status, text the answer must hold)
+    ("/generate", {"z": [GOOD[:-1]]}, 400, "z"),
+    ("/generate", {"z": [GOOD, GOOD[:-1]]}, 400, "z[1]"),
+    ("/generate", {"z": [GOOD + [0.0]]}, 400, "z"),
+    ("/render", {"z": GOOD[:5]}, 400, "z"),
+    ("/generate", NAN_BODY, 400, "finite"),
+    ("/render", INF_BODY, 400, "finite"),
+    ("/render", {"z": [11.0] + GOOD[1:]}, 400, "less than or equal to 10"),
+    ("/render", {"z": [-10.5] + GOOD[1:]}, 400, "greater than or equal to -10"),
+    ("/render", {"z": ["0.5"] + GOOD[1:]}, 400, "valid number"),
+    ("/render", {"z": [True] + GOOD[1:]}, 400, "valid number"),
+    ("/render", {"z": [None] + GOOD[1:]}, 400, "z"),
+    ("/generate", {"z": [[GOOD]]}, 400, "z"),
+    ("/generate", {"z": GOOD}, 400, "z"),
+    ("/render", {"z": [GOOD]}, 400, "z"),
+    ("/generate", {"z": []}, 400, "z"),
+    ("/generate", {"z": [[]]}, 400, "z"),
+    ("/generate", {"z": [GOOD] * 257}, 400, "z"),
+    ("/generate", {}, 400, "z"),
+    ("/render", {"z": GOOD, "scale": 0}, 400, "scale"),
+    ("/render", {"z": GOOD, "scale": 17}, 400, "scale"),
+    ("/render", {"z": GOOD, "scale": 2.5}, 400, "scale"),
+    ("/sample", {"n": 0}, 400, "n"),
+    ("/sample", {"n": 65}, 400, "n"),
+    ("/sample", {"n": 4, "seed": -1}, 400, "seed"),
+    ("/sample", {"n": 4, "seed": "x"}, 400, "seed"),
+    ("/interpolate", {"z_start": GOOD, "z_end": GOOD, "steps": 1}, 400, "steps"),
+    ("/interpolate", {"z_start": GOOD, "z_end": GOOD, "steps": 33}, 400, "steps"),
+    ("/interpolate", {"z_start": GOOD, "z_end": GOOD, "method": "cubic"}, 400, "method"),
+    ("/interpolate", {"z_start": GOOD, "z_end": GOOD[:3]}, 400, "z_end"),
+    ("/interpolate", {"z_end": GOOD}, 400, "z_start"),
+    ("/generate", '{"z": [[0, 1', 400, "json"),
+    ("/generate", "", 400, "z"),
+    ("/generate", "[1, 2]", 400, ""),
+    ("/generate", "null", 400, ""),
+]
+
+
+@pytest.mark.parametrize("path, body, status, text", BAD)
+def test_malformed_input_is_4xx_naming_the_field(server, path, body, status, text):
+    if isinstance(body, str):
+        r = requests.post(f"{server.url}{path}", data=body, headers={"Content-Type": "application/json"}, timeout=30)
+    else:
+        r = post(server, path, body)
+    assert r.status_code == status, (r.status_code, r.text)
+    assert text.lower() in r.text.lower()
+
+
+def test_transport_errors_are_4xx(server):
+    body = json.dumps({"z": GOOD})
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        r = requests.post(f"{server.url}/render", data=body, headers={"Content-Type": ctype}, timeout=30)
+        assert r.status_code == 415 and "content-type" in r.text, (ctype, r.status_code, r.text)
+    r = requests.post(f"{server.url}/render", data=body)  # no content type at all
+    assert r.status_code == 415
+    big = b'{"z": [' + b"0.0, " * (1 << 20) + b"0.0]}"
+    r = requests.post(f"{server.url}/generate", data=big, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and "body" in r.text
+    # Without a Content-Length (chunked), the bound holds too.
+    r = requests.post(f"{server.url}/generate", data=iter([big[:3 << 20], big[3 << 20:]]),
+                      headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413
+    assert requests.get(f"{server.url}/generate", timeout=10).status_code == 405
+    assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200
+
+
+def test_fuzz_from_openapi_is_always_4xx(server):
+    """Schema-violating requests generated by schemathesis from the service's
+    own OpenAPI spec: each one is refused with a 4xx, none crashes the server."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"{server.url}/docs.json")
+    statuses: dict[str, list[int]] = {}
+    for result in schema.get_all_operations():
+        op = result.ok()
+        if op.method.upper() != "POST" or op.path not in {"/generate", "/render", "/sample", "/interpolate"}:
+            continue
+        seen = statuses.setdefault(op.path, [])
+
+        @settings(max_examples=40, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+        def check(case):
+            r = case.call(base_url=server.url, timeout=30)
+            seen.append(r.status_code)
+            assert 400 <= r.status_code < 500, (case.body, r.status_code, r.text[:300])
+
+        check()
+    assert set(statuses) == {"/generate", "/render", "/sample", "/interpolate"}
+    assert all(len(s) >= 10 for s in statuses.values()), {k: len(v) for k, v in statuses.items()}
+    assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200
+
+
+def test_load_32_clients_2000_requests(server, reference):
+    """32 concurrent clients, 2,000 /generate calls (one to three z each):
+    no errors, and every image equals in-process inference within 1e-5."""
+    import aiohttp
+
+    rng = np.random.default_rng(5)
+    bodies = [rng.standard_normal((int(rng.integers(1, 4)), Z_DIM)).round(6) for _ in range(2000)]
+    results: list = [None] * len(bodies)
+
+    async def run() -> None:
+        queue = list(range(len(bodies)))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            async def client() -> None:
+                while queue:
+                    i = queue.pop()
+                    async with session.post(f"{server.url}/generate", json={"z": bodies[i].tolist()}) as r:
+                        results[i] = (r.status, await r.text())
+            await asyncio.gather(*(client() for _ in range(32)))
+
+    t0 = time.monotonic()
+    asyncio.run(asyncio.wait_for(run(), timeout=300))
+    errors = [(i, s, t[:200]) for i, (s, t) in enumerate(results) if s != 200]
+    assert not errors, (len(errors), errors[:3])
+    got = np.concatenate([np.asarray(json.loads(t)) for _, t in results])
+    np.testing.assert_allclose(got, reference(np.concatenate(bodies)), atol=1e-5)
+    assert time.monotonic() - t0 < 300
+    assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200
+
+
+def test_z_dim_64_served_from_the_card_alone(home):
+    """Another generator (z_dim 64, no verdict in its card) with the same code."""
+    tmp, env, _ = home
+    tag = store_generator(env, "mlp", 64)
+    served = Served(tmp, dict(env, MNIST_GAN_MODEL_TAG=tag))
+    try:
+        served.wait_ready()
+        info = requests.get(f"{served.url}/info", timeout=10).json()
+        assert info["z_dim"] == 64 and info["tag"] == tag and "verdict" not in info
+        r = post(served, "/generate", {"z": z_of(9, 2, 64)})
+        assert r.status_code == 200 and np.asarray(r.json()).shape == (2, 28, 28)
+        assert png(post(served, "/render", {"z": z_of(9, dim=64), "scale": 2})).shape == (56, 56)
+        r = post(served, "/generate", {"z": z_of(9, 1, Z_DIM)})
+        assert r.status_code == 400 and "expected 64" in r.text
+    finally:
+        served.stop()
+
+
+def chromium() -> str | None:
+    return next(filter(None, (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (make system-deps)")
+def test_page_renders_in_headless_chromium(server, tmp_path):
+    """The page at /ui, run by a real browser: its script fetches /info and
+    /render and shows the digit; the DOM after the scripts ran says so."""
+    proc = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
+         f"{server.url}/ui"],
+        capture_output=True, text=True, timeout=120)
+    dom = proc.stdout
+    assert 'data-rendered="224"' in dom, (proc.returncode, dom[-2000:], proc.stderr[-2000:])
+    assert "rendered 224x224" in dom
+    assert "diversity_ratio" in dom and "quality_gate_passed" in dom     # the model card
+    assert 'src="blob:' in dom and dom.count('src="blob:') == 3          # digit, grid, strip
+
+
+def test_bentoml_build(home):
+    """`bentoml build` from serving/bentofile.yaml packs the service and the
+    page and names the stored model."""
+    tmp, env, _ = home
+    proc = subprocess.run([str(BIN / "bentoml"), "build", "-f", "serving/bentofile.yaml", "--output", "tag", "."],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    tag = proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    name, version = tag.split(":")
+    bento = tmp / "bentoml/bentos" / name / version
+    assert (bento / "src/serving/service.py").is_file() and (bento / "src/serving/static/index.html").is_file()
+    manifest = (bento / "bento.yaml").read_text()
+    assert "serving.service:Generator" in manifest
+    # The Bento names the model by tag; the store keeps it (containerize copies it in).
+    stored = {f"mnist_gan_generator:{p.name}" for p in (tmp / "bentoml/models/mnist_gan_generator").iterdir()
+              if (p / "saved_model/saved_model.pb").is_file()}
+    referenced = yaml.safe_load(manifest)["services"][0]["models"]
+    assert [m["tag"] for m in referenced] and {m["tag"] for m in referenced} <= stored
