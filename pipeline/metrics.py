@@ -1,57 +1,128 @@
-"""L1 metrics from seed 002 (mean |a - b| over pixels in [0, 1]), exact and fast.
+"""The evaluation's math: L1 nearest-neighbour kernels, the data-copying test,
+class (mode) metrics and distances between feature distributions.
 
-Images are 8-bit (n, 28, 28) arrays, as PNG stores them; distances are
-computed in integers and reported divided by 255 * 784, so they equal
-`np.mean(np.abs(a / 255 - b / 255))`. The numba kernels run at memory speed
-and hold no (n, m) distance matrix.
+L1 is seed 002's mean |a - b| over pixels in [0, 1]. Images are 8-bit
+(n, 28, 28) arrays, as PNG stores them; distances are computed exactly in
+integers and reported divided by 255 * d, so they equal
+`np.mean(np.abs(a / 255 - b / 255))`. The kernels hold no (n, m) distance
+matrix: memory stays O(n + m) whatever the sizes.
+
+Speed: on x86-64 each 16-byte slice is one `psadbw` (sum of absolute
+differences of 16 byte pairs, an SSE2 instruction every x86-64 CPU has), and
+a block of queries shares every reference row while it sits in L1 cache.
+Elsewhere a portable loop that LLVM vectorises computes the same integers.
+`bench/eval_speed.py` compares it with scipy's `cdist`.
 """
 from __future__ import annotations
 
+import platform
+
 import numba
 import numpy as np
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+from llvmlite import ir
 
-_MAX = np.iinfo(np.int64).max
+_BIG = np.int64(1) << 62
+_LANES = 16
+_QUERY_BLOCK = 8  # measured: 8 queries per reference row beat 1 and 4 by 1.3-1.7x
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@intrinsic
+def _psadbw16(typingctx, a, i, b, j, k):
+    """sum |a[i, k:k+16] - b[j, k:k+16]| for C-contiguous uint8 2-d arrays."""
+    sig = types.int64(a, i, b, j, k)
+
+    def codegen(context, builder, signature, args):
+        aa, ii, bb, jj, kk = args
+        vec = ir.VectorType(ir.IntType(8), 16)
+
+        def row_ptr(arr, arrty, row):
+            st = cgutils.create_struct_proxy(arrty)(context, builder, value=arr)
+            stride = cgutils.unpack_tuple(builder, st.strides, 2)[0]
+            p = builder.gep(st.data, [builder.add(builder.mul(row, stride), kk)])
+            return builder.bitcast(p, vec.as_pointer())
+
+        va = builder.load(row_ptr(aa, signature.args[0], ii), align=1)
+        vb = builder.load(row_ptr(bb, signature.args[2], jj), align=1)
+        v2 = ir.VectorType(ir.IntType(64), 2)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v2, [vec, vec]),
+                                            "llvm.x86.sse2.psad.bw")
+        r = builder.call(fn, [va, vb])
+        return builder.add(builder.extract_element(r, ir.Constant(ir.IntType(32), 0)),
+                           builder.extract_element(r, ir.Constant(ir.IntType(32), 1)))
+
+    return sig, codegen
+
+
+@numba.njit(inline="always")
+def _sad_x86(a, i, b, j):
+    s = np.int64(0)
+    for k in range(0, a.shape[1], _LANES):
+        s += _psadbw16(a, i, b, j, k)
+    return s
+
+
+@numba.njit(inline="always")
+def _sad_portable(a, i, b, j):
+    # int32 lanes: numba would otherwise widen every term to int64 and halve the vector width.
+    s = np.int32(0)
+    for k in range(a.shape[1]):
+        s = np.int32(s + np.int32(abs(np.int32(a[i, k]) - np.int32(b[j, k]))))
+    return np.int64(s)
+
+
+_sad = _sad_x86 if _X86 else _sad_portable
 
 
 @numba.njit(parallel=True, cache=True)
-def _nearest_sum_abs(q: np.ndarray, ref: np.ndarray):
-    nq, d = q.shape
-    best = np.empty(nq, np.int64)
-    arg = np.empty(nq, np.int64)
-    for i in numba.prange(nq):
-        b, a = _MAX, -1
-        qi = q[i].astype(np.int32)
+def _nearest(q, ref, exclude_self):
+    nq = q.shape[0]
+    best = np.full(nq, _BIG, np.int64)
+    arg = np.full(nq, -1, np.int64)
+    for blk in numba.prange((nq + _QUERY_BLOCK - 1) // _QUERY_BLOCK):
+        i0 = blk * _QUERY_BLOCK
+        i1 = min(nq, i0 + _QUERY_BLOCK)
         for j in range(ref.shape[0]):
-            s = 0
-            for k in range(d):
-                s += abs(qi[k] - np.int32(ref[j, k]))
-            if s < b:
-                b, a = s, j
-        best[i], arg[i] = b, a
+            for i in range(i0, i1):
+                if exclude_self and i == j:
+                    continue
+                s = _sad(q, i, ref, j)
+                if s < best[i]:  # strict: ties keep the first index, as argmin does
+                    best[i] = s
+                    arg[i] = j
     return best, arg
 
 
 @numba.njit(parallel=True, cache=True)
-def _pairwise_row_sums(x: np.ndarray):
-    n, d = x.shape
+def _pairwise_row_sums(x):
+    n = x.shape[0]
     rows = np.zeros(n, np.int64)
-    for i in numba.prange(n):
-        xi = x[i].astype(np.int32)
-        t = 0
-        for j in range(i + 1, n):
-            s = 0
-            for k in range(d):
-                s += abs(xi[k] - np.int32(x[j, k]))
-            t += s
-        rows[i] = t
+    for blk in numba.prange((n + _QUERY_BLOCK - 1) // _QUERY_BLOCK):
+        i0 = blk * _QUERY_BLOCK
+        i1 = min(n, i0 + _QUERY_BLOCK)
+        for j in range(i0 + 1, n):
+            for i in range(i0, min(i1, j)):
+                rows[i] += _sad(x, i, x, j)
     return rows
 
 
 def _flat(x: np.ndarray) -> np.ndarray:
+    """(n, ...) uint8 to C-contiguous (n, d) with d padded by zeros to whole 16-byte lanes;
+    zero columns add nothing to any distance."""
     x = np.asarray(x)
     if x.dtype != np.uint8:
         raise TypeError(f"expected uint8 pixels, got {x.dtype}")
-    return np.ascontiguousarray(x.reshape(len(x), -1))
+    flat = x.reshape(len(x), -1)
+    pad = -flat.shape[1] % _LANES
+    if pad:
+        flat = np.concatenate([flat, np.zeros((len(flat), pad), np.uint8)], axis=1)
+    return np.ascontiguousarray(flat)
+
+
+def _pixels(x: np.ndarray) -> int:
+    return int(np.prod(np.shape(x)[1:]))
 
 
 def nearest_l1(queries: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +130,17 @@ def nearest_l1(queries: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, 
     q, r = _flat(queries), _flat(reference)
     if len(r) == 0:
         raise ValueError("empty reference set")
-    best, arg = _nearest_sum_abs(q, r)
-    return best / (255.0 * q.shape[1]), arg
+    best, arg = _nearest(q, r, False)
+    return best / (255.0 * _pixels(queries)), arg
+
+
+def nearest_other_l1(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each image: the L1 to the nearest *other* image of the same set, and its index."""
+    x = _flat(images)
+    if len(x) < 2:
+        raise ValueError("need at least two images")
+    best, arg = _nearest(x, x, True)
+    return best / (255.0 * _pixels(images)), arg
 
 
 def mean_pairwise_l1(images: np.ndarray) -> float:
@@ -70,12 +150,18 @@ def mean_pairwise_l1(images: np.ndarray) -> float:
     if n < 2:
         raise ValueError("need at least two images")
     total = int(_pairwise_row_sums(x).sum())
-    return total / (n * (n - 1) / 2) / (255.0 * x.shape[1])
+    return total / (n * (n - 1) / 2) / (255.0 * _pixels(images))
 
 
 def l1_report(generated: np.ndarray, real_test: np.ndarray, train: np.ndarray) -> dict[str, float]:
     """Memorization and diversity, each against the same computation on real held-out images."""
-    gen_nn, _ = nearest_l1(generated, train)
+    return l1_details(generated, real_test, train)[0]
+
+
+def l1_details(generated, real_test, train):
+    """`l1_report`'s figures plus the per-image nearest-train distances and indices
+    (generated, then real), which the copying test and the figures reuse."""
+    gen_nn, gen_arg = nearest_l1(generated, train)
     real_nn, _ = nearest_l1(real_test, train)
     m = {
         "l1_nearest_train_gen": float(gen_nn.mean()),
@@ -85,4 +171,113 @@ def l1_report(generated: np.ndarray, real_test: np.ndarray, train: np.ndarray) -
     }
     m["memorization_ratio"] = m["l1_nearest_train_gen"] / max(m["l1_nearest_train_real"], 1e-12)
     m["diversity_ratio"] = m["l1_pairwise_gen"] / max(m["l1_pairwise_real"], 1e-12)
-    return m
+    return m, gen_nn, gen_arg, real_nn
+
+
+# --- the data-copying test (Meehan, Chaudhuri, Dasgupta 2020) ---------------
+
+def mann_whitney_z(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """U = #{(i, j): x_i > y_j} + ties / 2, and its z-score under H0 with the tie correction.
+
+    With x the generated images' nearest-training distances and y the held-out
+    images', z << 0 means generated images sit closer to the training set than
+    new real data does: data copying (Meehan et al.'s Z_U, on one cell)."""
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    m, n = len(x), len(y)
+    if m == 0 or n == 0:
+        raise ValueError("both samples must be non-empty")
+    both = np.concatenate([x, y])
+    ranks = rankdata(both)
+    u = float(ranks[:m].sum() - m * (m + 1) / 2)
+    _, counts = np.unique(both, return_counts=True)
+    tie = float((counts ** 3 - counts).sum())
+    var = m * n / 12.0 * ((m + n + 1) - tie / ((m + n) * (m + n - 1)))
+    z = (u - m * n / 2.0) / np.sqrt(var) if var > 0 else 0.0
+    return u, float(z)
+
+
+# --- class (mode) metrics from the judge's softmax ---------------------------
+
+def class_histogram(probs: np.ndarray) -> np.ndarray:
+    """Share of images per predicted class, (10,)."""
+    pred = np.asarray(probs).argmax(axis=1)
+    return np.bincount(pred, minlength=probs.shape[1]) / max(len(pred), 1)
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = 1e-6) -> float:
+    """KL(p || q) in nats; eps keeps a class that q lacks finite but large."""
+    p = np.asarray(p, np.float64) + eps
+    q = np.asarray(q, np.float64) + eps
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum(p * np.log(p / q)))
+
+
+def entropy(p: np.ndarray) -> float:
+    p = np.asarray(p, np.float64)
+    p = p[p > 0]
+    return float(-np.sum(p * np.log(p)))
+
+
+def classifier_score(probs: np.ndarray, eps: float = 1e-12) -> float:
+    """TF-GAN's mnist_score: exp E_x[KL(p(y|x) || p(y))]; 1 (useless) to the class count (ideal)."""
+    probs = np.asarray(probs, np.float64)
+    marginal = probs.mean(axis=0)
+    kl = np.sum(probs * (np.log(probs + eps) - np.log(marginal + eps)), axis=1)
+    return float(np.exp(kl.mean()))
+
+
+def modes_covered(gen_hist: np.ndarray, real_hist: np.ndarray, min_share: float) -> tuple[int, int]:
+    """(covered, present): classes real data holds, and those of them the generator
+    fills to at least `min_share` of the real share."""
+    present = real_hist > 0
+    covered = present & (gen_hist >= min_share * real_hist)
+    return int(covered.sum()), int(present.sum())
+
+
+# --- distances between feature distributions --------------------------------
+
+def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2), with tr (S1 S2)^1/2 from the
+    eigenvalues of the symmetric S1^1/2 S2 S1^1/2 (stable where sqrtm of a
+    near-singular product is not)."""
+    mu1, mu2 = f1.mean(axis=0), f2.mean(axis=0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.linalg.eigvalsh(root1 @ s2 @ root1)
+    tr_sqrt = np.sqrt(np.clip(cross, 0, None)).sum()
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+
+
+def kid(f1: np.ndarray, f2: np.ndarray) -> float:
+    """Unbiased MMD^2 with the polynomial kernel k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018)."""
+    d = f1.shape[1]
+    m, n = len(f1), len(f2)
+    kxx = (f1 @ f1.T / d + 1) ** 3
+    kyy = (f2 @ f2.T / d + 1) ** 3
+    kxy = (f1 @ f2.T / d + 1) ** 3
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+                 + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+                 - 2 * kxy.mean())
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
+    """Precision, recall (Kynkäänniemi et al. 2019), density and coverage (Naeem et al. 2020)
+    with k-nearest-neighbour balls in feature space, Euclidean."""
+    from scipy.spatial.distance import cdist
+
+    def kth_radius(x):
+        d = cdist(x, x)
+        return np.partition(d, k, axis=1)[:, k]  # column 0 is the point itself
+
+    r_real, r_fake = kth_radius(real), kth_radius(fake)
+    d_rf = cdist(real, fake)
+    inside_real = d_rf < r_real[:, None]
+    return {
+        "precision": float(inside_real.any(axis=0).mean()),
+        "recall": float((d_rf < r_fake[None, :]).any(axis=1).mean()),
+        "density": float(inside_real.sum(axis=0).mean() / k),
+        "coverage": float((d_rf.min(axis=1) < r_real).mean()),
+    }
