@@ -1,7 +1,9 @@
-"""Keras callbacks that do the training's side effects: loss history and
-MLflow metrics, sample grids from a fixed z."""
+"""Keras callbacks that do the training's side effects: the non-finite guard,
+the per-step history and its MLflow metrics, sample grids from a fixed z with
+the collapse watch, and checkpoints."""
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -11,42 +13,72 @@ import numpy as np
 from pipeline import images
 
 
-def _step(model) -> int:
-    # The G optimizer's iteration count is the global step (survives restarts).
+def global_step(model) -> int:
+    # The G optimizer's iteration count is the global step (restored with checkpoints).
     return int(model.g_optimizer.iterations.numpy())
 
 
-class LossHistory(keras.callbacks.Callback):
-    """Keeps every step's losses and sends them to MLflow in batches of `every` steps."""
+def _log_metrics(run_id: str | None, points: list[tuple[str, float, int]]) -> None:
+    if run_id is None or not points:
+        return
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
 
-    def __init__(self, every: int, run_id: str | None):
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, step) for k, v, step in points]
+    client = MlflowClient()
+    for i in range(0, len(metrics), 1000):  # MLflow's per-call limit
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first step whose logs hold a NaN or inf."""
+
+    def __init__(self):
         super().__init__()
-        self.every, self.run_id = every, run_id
-        self.rows: list[dict] = []
-        self._pending: list[dict] = []
+        self.bad_step: int | None = None
+        self.bad_keys: list[str] = []
 
     def on_train_batch_end(self, batch, logs=None):
-        row = {"step": _step(self.model), **{k: float(v) for k, v in (logs or {}).items()}}
+        bad = [k for k, v in (logs or {}).items() if not math.isfinite(float(v))]
+        if bad and self.bad_step is None:
+            self.bad_step, self.bad_keys = global_step(self.model), bad
+            self.model.stop_training = True
+
+
+class History(keras.callbacks.Callback):
+    """Keeps every step's logs; sends them to MLflow every `every` steps with the
+    oscillation index (std of g_loss over the trailing `window` steps).
+
+    Steps at or below `logged_through` are already in the MLflow run (a resumed
+    run replays them from its checkpoint) and are not sent again."""
+
+    def __init__(self, every: int, window: int, run_id: str | None, rows: list[dict] | None = None,
+                 logged_through: int = 0):
+        super().__init__()
+        self.every, self.window, self.run_id = every, window, run_id
+        self.rows: list[dict] = list(rows or [])
+        self.logged_through = logged_through
+        self._pending: list[tuple[str, float, int]] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = global_step(self.model)
+        row = {"step": step, **{k: float(v) for k, v in (logs or {}).items()}}
         self.rows.append(row)
-        self._pending.append(row)
-        if len(self._pending) >= self.every:
+        if step <= self.logged_through:
+            return
+        self._pending += [(k, v, step) for k, v in row.items() if k != "step" and math.isfinite(v)]
+        if step % self.every == 0:
+            g = [r["g_loss"] for r in self.rows[-self.window:]]
+            if len(g) >= 2:
+                self._pending.append(("g_loss_oscillation", float(np.std(g)), step))
             self.flush()
 
     def on_train_end(self, logs=None):
         self.flush()
 
     def flush(self):
-        if not self._pending or self.run_id is None:
-            self._pending = []
-            return
-        from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, r["step"]) for r in self._pending for k, v in r.items() if k != "step"]
-        client = MlflowClient()
-        for i in range(0, len(metrics), 1000):  # MLflow's per-call limit
-            client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+        _log_metrics(self.run_id, self._pending)
         self._pending = []
 
     def to_csv(self, target: str | Path) -> None:
@@ -58,8 +90,9 @@ class LossHistory(keras.callbacks.Callback):
 
 
 class SampleGrid(keras.callbacks.Callback):
-    """Every `every` steps and at the end: a 4x4 grid from a fixed z, as a PNG
-    in `out_dir`, logged to MLflow under `samples/`."""
+    """Every `every` steps and at the end: a 4x4 grid of the first 16 fixed-z
+    samples as `step_NNNNNN.png` in `out_dir`, logged to MLflow under `samples/`,
+    and the collapse watch: mean pairwise L1 over all fixed-z samples."""
 
     def __init__(self, z: np.ndarray, every: int, out_dir: str | Path, run_id: str | None):
         super().__init__()
@@ -67,22 +100,49 @@ class SampleGrid(keras.callbacks.Callback):
         self.last = -1
 
     def on_train_batch_end(self, batch, logs=None):
-        step = _step(self.model)
+        step = global_step(self.model)
         if step % self.every == 0:
             self.write(step)
 
     def on_train_end(self, logs=None):
-        step = _step(self.model)
-        if step != self.last:
+        step = global_step(self.model)
+        if step != self.last and not self.model.stop_training:
             self.write(step)
 
     def write(self, step: int) -> Path:
+        from pipeline.metrics import mean_pairwise_l1
+
         pixels = images.to_uint8(self.model.generator(self.z, training=False).numpy())
         path = self.out_dir / f"step_{step:06d}.png"
-        images.save_png(images.grid(pixels, cols=4), path, scale=2)
+        images.save_png(images.grid(pixels[:16], cols=4), path, scale=2)
+        _log_metrics(self.run_id, [("sample_pairwise_l1", mean_pairwise_l1(pixels), step)])
         if self.run_id is not None:
             from mlflow.tracking import MlflowClient
 
             MlflowClient().log_artifact(self.run_id, str(path), "samples")
         self.last = step
         return path
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Every `every` steps and at the end, unless a non-finite value was seen:
+    MLflow metrics flushed, then the training state saved."""
+
+    def __init__(self, state, every: int, history: History, guard: NonFiniteGuard):
+        super().__init__()
+        self.state, self.every, self.history, self.guard = state, every, history, guard
+        self.last = -1
+
+    def _save(self):
+        step = global_step(self.model)
+        if self.guard.bad_step is None and step != self.last:
+            self.history.flush()
+            self.state.save(step, self.history.rows)
+            self.last = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if global_step(self.model) % self.every == 0:
+            self._save()
+
+    def on_train_end(self, logs=None):
+        self._save()

@@ -16,3 +16,6 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("error: interrupted; run the stage again to resume from its last checkpoint", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -1,24 +1,31 @@
-"""The GAN as one keras.Model: `train_step` updates D then G on one batch.
+"""The GAN as one keras.Model: `train_step` runs n_critic D updates, then one G update.
 
-It computes and returns per-step losses and has no side effects; callbacks
-log, sample and save.
+It computes and returns per-step losses and diagnostics and has no side
+effects; callbacks log, sample and checkpoint. Randomness is stateless,
+keyed on (seed, step), so a run restored from a checkpoint draws the same
+z and alpha as one that never stopped.
 """
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
 
+from pipeline import losses
+
 
 class GAN(keras.Model):
-    def __init__(self, generator: keras.Model, discriminator: keras.Model, z_dim: int, seed: int):
+    def __init__(self, generator: keras.Model, discriminator: keras.Model, z_dim: int, seed: int,
+                 loss: str = "bce", n_critic: int = 1, clip: float | None = None, gp_weight: float = 0.0):
         super().__init__()
         self.generator = generator
         self.discriminator = discriminator
         self.z_dim = z_dim
-        # A seeded generator state variable: the same seed gives the same z
-        # sequence, and it is saved and restored with the weights.
-        self.noise = keras.random.SeedGenerator(seed)
-        self.bce = keras.losses.BinaryCrossentropy(from_logits=True)
+        self.noise_seed = seed
+        self.loss_kind = loss
+        self.n_critic = n_critic
+        self.clip = clip
+        self.gp_weight = gp_weight
+        self.built = True  # both sub-models are built; fit() must not call the GAN on images
 
     def compile(self, d_optimizer: keras.optimizers.Optimizer, g_optimizer: keras.optimizers.Optimizer, **kw):
         super().compile(**kw)
@@ -28,24 +35,50 @@ class GAN(keras.Model):
     def call(self, z, training=False):
         return self.generator(z, training=training)
 
-    def train_step(self, real):
-        batch = tf.shape(real)[0]
-        z = keras.random.normal((batch, self.z_dim), seed=self.noise)
-        with tf.GradientTape() as tape:
-            fake = self.generator(z, training=True)
-            real_logits = self.discriminator(real, training=True)
-            fake_logits = self.discriminator(fake, training=True)
-            d_loss = (self.bce(tf.ones_like(real_logits), real_logits)
-                      + self.bce(tf.zeros_like(fake_logits), fake_logits))
-        grads = tape.gradient(d_loss, self.discriminator.trainable_weights)
-        self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_weights))
+    def _seed(self, purpose: int):
+        step = tf.cast(self.g_optimizer.iterations, tf.int32)
+        return tf.stack([tf.constant(self.noise_seed, tf.int32), step * 64 + purpose])
 
-        z = keras.random.normal((batch, self.z_dim), seed=self.noise)
+    def _z(self, n, purpose: int):
+        return tf.random.stateless_normal((n, self.z_dim), seed=self._seed(purpose))
+
+    def train_step(self, real):
+        # The batch holds n_critic slices of real images, one per critic update.
+        batch = tf.shape(real)[0] // self.n_critic
+        kind = self.loss_kind
+        d_vars, g_vars = self.discriminator.trainable_weights, self.generator.trainable_weights
+        for i in range(self.n_critic):
+            x = real[i * batch:(i + 1) * batch]
+            with tf.GradientTape() as tape:
+                fake = self.generator(self._z(batch, 2 * i), training=True)
+                real_out = self.discriminator(x, training=True)
+                fake_out = self.discriminator(fake, training=True)
+                d_loss = losses.d_loss(kind, real_out, fake_out)
+                if self.gp_weight:
+                    alpha = tf.random.stateless_uniform((batch, 1, 1, 1), seed=self._seed(2 * i + 1))
+                    penalty = losses.gradient_penalty(self.discriminator, x, fake, alpha)
+                    d_loss += self.gp_weight * penalty
+            d_grads = tape.gradient(d_loss, d_vars)
+            self.d_optimizer.apply_gradients(zip(d_grads, d_vars))
+            if self.clip:
+                for v in d_vars:
+                    v.assign(tf.clip_by_value(v, -self.clip, self.clip))
+
         with tf.GradientTape() as tape:
-            fake_logits = self.discriminator(self.generator(z, training=True), training=True)
-            # Non-saturating loss: G maximises log D(G(z)) (strong gradients early on).
-            g_loss = self.bce(tf.ones_like(fake_logits), fake_logits)
-        grads = tape.gradient(g_loss, self.generator.trainable_weights)
-        self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_weights))
-        # Raw per-step values rather than running means: the loss history is per step.
-        return {"d_loss": d_loss, "g_loss": g_loss}
+            fake_out_g = self.discriminator(self.generator(self._z(batch, 63), training=True), training=True)
+            g_loss = losses.g_loss(kind, fake_out_g)
+        g_grads = tape.gradient(g_loss, g_vars)
+        self.g_optimizer.apply_gradients(zip(g_grads, g_vars))
+
+        out = {"d_loss": d_loss, "g_loss": g_loss,
+               "d_grad_norm": tf.linalg.global_norm(d_grads), "g_grad_norm": tf.linalg.global_norm(g_grads)}
+        if kind in ("wgan", "wgan-gp"):
+            # The critic's estimate of the Wasserstein distance (up to a constant).
+            out["w_estimate"] = tf.reduce_mean(real_out) - tf.reduce_mean(fake_out)
+            if self.gp_weight:
+                out["gradient_penalty"] = penalty
+        else:
+            out["d_acc_real"] = tf.reduce_mean(tf.cast(real_out > 0, tf.float32))
+            out["d_acc_fake"] = tf.reduce_mean(tf.cast(fake_out < 0, tf.float32))
+        # Raw per-step values rather than running means: the history is per step.
+        return out

@@ -1,90 +1,153 @@
 """Generator and discriminator builders for the seeds' architectures.
 
-    python -m pipeline.models --arch dcgan      # the seeds' summary(): layers and parameter counts
+    python -m pipeline.models --arch dcgan              # the seeds' summary(): layers and parameter counts
+    python -m pipeline.models --arch mlp --plot DIR     # also the diagrams as PNG (the seeds' save_model())
 
-Discriminators output logits; the losses apply the sigmoid (numerically
-stable, and equivalent to the seeds' sigmoid + binary cross-entropy).
+Every number comes from the arch's params (params.yaml `train.<arch>`), whose
+defaults are the seeds' values. Discriminators output logits; the losses apply
+the sigmoid where they need one (numerically stable, and equivalent to the
+seeds' sigmoid + binary cross-entropy).
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import keras
 from keras import layers
 
+from pipeline.params import DCGANArch, DCGANUpsampleArch, MLPArch, TrainParams
+
 IMAGE_SHAPE = (28, 28, 1)
-ARCHS = ("mlp", "dcgan")
+ARCHS = ("mlp", "dcgan", "dcgan_upsample")
 
 
-def mlp_generator(z_dim: int) -> keras.Model:
-    """Seed 004: Dense 128-256-512-1024, each LeakyReLU(0.2) + BatchNorm(0.8), then Dense(784, tanh)."""
+def mlp_generator(z_dim: int, a: MLPArch) -> keras.Model:
+    """Seed 004: Dense blocks (128-256-512-1024), each LeakyReLU + BatchNorm(0.8), then Dense(784, tanh)."""
     z = keras.Input((z_dim,), name="z")
     x = z
-    for units in (128, 256, 512, 1024):
+    for units in a.g_units:
         x = layers.Dense(units)(x)
-        x = layers.LeakyReLU(0.2)(x)
-        x = layers.BatchNormalization(momentum=0.8)(x)
+        x = layers.LeakyReLU(a.leaky_slope)(x)
+        x = layers.BatchNormalization(momentum=a.g_bn_momentum)(x)
     x = layers.Dense(28 * 28, activation="tanh")(x)
     return keras.Model(z, layers.Reshape(IMAGE_SHAPE)(x), name="generator")
 
 
-def mlp_discriminator() -> keras.Model:
+def mlp_discriminator(a: MLPArch) -> keras.Model:
     """Seed 004: Flatten, Dense(784), LeakyReLU(0.2), Dense(392), LeakyReLU(0.2), Dense(1)."""
     img = keras.Input(IMAGE_SHAPE, name="image")
     x = layers.Flatten()(img)
-    x = layers.LeakyReLU(0.2)(layers.Dense(784)(x))
-    x = layers.LeakyReLU(0.2)(layers.Dense(392)(x))
+    for units in a.d_units:
+        x = layers.LeakyReLU(a.leaky_slope)(layers.Dense(units)(x))
     return keras.Model(img, layers.Dense(1)(x), name="discriminator")
 
 
-def dcgan_generator(z_dim: int) -> keras.Model:
+def dcgan_generator(z_dim: int, a: DCGANArch) -> keras.Model:
     """Seed 001 (Atienza): Dense to 7x7x128, then BatchNorm-ReLU-Conv2DTranspose
-    blocks with filters 128/64/32/1, kernel 5, strides 2/2/1/1; tanh for [-1, 1]."""
+    blocks (filters 128/64/32/1, kernel 5, strides 2/2/1/1); tanh for [-1, 1]."""
     z = keras.Input((z_dim,), name="z")
-    x = layers.Dense(7 * 7 * 128)(z)
-    x = layers.Reshape((7, 7, 128))(x)
-    for filters, strides in ((128, 2), (64, 2), (32, 1), (1, 1)):
+    x = layers.Dense(7 * 7 * a.g_filters[0])(z)
+    x = layers.Reshape((7, 7, a.g_filters[0]))(x)
+    for filters, strides in zip(a.g_filters, a.g_strides):
         x = layers.BatchNormalization()(x)
         x = layers.ReLU()(x)
-        x = layers.Conv2DTranspose(filters, 5, strides=strides, padding="same")(x)
+        x = layers.Conv2DTranspose(filters, a.kernel_size, strides=strides, padding="same")(x)
     return keras.Model(z, layers.Activation("tanh")(x), name="generator")
 
 
-def dcgan_discriminator() -> keras.Model:
-    """Seed 001: LeakyReLU-Conv2D blocks, filters 32/64/128/256, kernel 5, strides
-    2/2/2/1, Flatten, Dense(1): 1,080,577 parameters on 28x28x1."""
+def dcgan_discriminator(a: DCGANArch) -> keras.Model:
+    """Seed 001: LeakyReLU-Conv2D blocks (filters 32/64/128/256, kernel 5, strides
+    2/2/2/1), Flatten, Dense(1): 1,080,577 parameters on 28x28x1."""
     img = keras.Input(IMAGE_SHAPE, name="image")
     x = img
-    for filters, strides in ((32, 2), (64, 2), (128, 2), (256, 1)):
-        x = layers.LeakyReLU(0.2)(x)
-        x = layers.Conv2D(filters, 5, strides=strides, padding="same")(x)
+    for filters, strides in zip(a.d_filters, a.d_strides):
+        x = layers.LeakyReLU(a.leaky_slope)(x)
+        x = layers.Conv2D(filters, a.kernel_size, strides=strides, padding="same")(x)
     x = layers.Flatten()(x)
     return keras.Model(img, layers.Dense(1)(x), name="discriminator")
 
 
-def build_generator(arch: str, z_dim: int) -> keras.Model:
-    if arch == "mlp":
-        return mlp_generator(z_dim)
-    if arch == "dcgan":
-        return dcgan_generator(z_dim)
-    raise ValueError(f"train.arch: unknown {arch!r}; allowed: {', '.join(ARCHS)}")
+def _activation(name: str):
+    return layers.LeakyReLU(0.2) if name == "leaky_relu" else layers.Activation(name)
 
 
-def build_discriminator(arch: str) -> keras.Model:
-    if arch == "mlp":
-        return mlp_discriminator()
-    if arch == "dcgan":
-        return dcgan_discriminator()
-    raise ValueError(f"train.arch: unknown {arch!r}; allowed: {', '.join(ARCHS)}")
+def upsample_generator(z_dim: int, a: DCGANUpsampleArch) -> keras.Model:
+    """Seeds 000/002 (Foster): Dense(7*7*64), BatchNorm, ReLU, Reshape(7,7,64), then per
+    layer UpSampling2D (factor 2) + Conv2D, or one Conv2DTranspose with that stride
+    (`upscale: transpose`, seed 002's comparison); BatchNorm + ReLU between, tanh last."""
+    init = keras.initializers.RandomNormal(stddev=a.init_stddev)
+    z = keras.Input((z_dim,), name="z")
+    x = layers.Dense(a.g_dense_shape[0] * a.g_dense_shape[1] * a.g_dense_shape[2], kernel_initializer=init)(z)
+    x = layers.BatchNormalization(momentum=a.g_bn_momentum)(x)
+    x = _activation(a.activation)(x)
+    x = layers.Reshape(tuple(a.g_dense_shape))(x)
+    last = len(a.g_filters) - 1
+    for i, (filters, factor) in enumerate(zip(a.g_filters, a.g_upsample)):
+        if a.upscale == "upsample":
+            if factor == 2:
+                x = layers.UpSampling2D()(x)
+            x = layers.Conv2D(filters, a.kernel_size, padding="same", kernel_initializer=init,
+                              name=f"generator_conv_{i}")(x)
+        else:
+            x = layers.Conv2DTranspose(filters, a.kernel_size, strides=factor, padding="same",
+                                       kernel_initializer=init, name=f"generator_conv_{i}")(x)
+        if i < last:
+            x = layers.BatchNormalization(momentum=a.g_bn_momentum)(x)
+            x = _activation(a.activation)(x)
+    return keras.Model(z, layers.Activation("tanh")(x), name="generator")
+
+
+def upsample_discriminator(a: DCGANUpsampleArch) -> keras.Model:
+    """Seeds 000/002: Conv2D (filters 64/64/128/128, kernel 5, strides 2/2/2/1), optional
+    BatchNorm after the first, activation, Dropout(0.4); Flatten, Dense(1)."""
+    init = keras.initializers.RandomNormal(stddev=a.init_stddev)
+    img = keras.Input(IMAGE_SHAPE, name="image")
+    x = img
+    for i, (filters, strides) in enumerate(zip(a.d_filters, a.d_strides)):
+        x = layers.Conv2D(filters, a.kernel_size, strides=strides, padding="same", kernel_initializer=init,
+                          name=f"discriminator_conv_{i}")(x)
+        if a.d_bn_momentum and i > 0:
+            x = layers.BatchNormalization(momentum=a.d_bn_momentum)(x)
+        x = _activation(a.activation)(x)
+        if a.d_dropout:
+            x = layers.Dropout(a.d_dropout)(x)
+    x = layers.Flatten()(x)
+    return keras.Model(img, layers.Dense(1, kernel_initializer=init)(x), name="discriminator")
+
+
+def build_generator(p: TrainParams) -> keras.Model:
+    builders = {"mlp": mlp_generator, "dcgan": dcgan_generator, "dcgan_upsample": upsample_generator}
+    return builders[p.arch](p.z_dim, p.arch_params)
+
+
+def build_discriminator(p: TrainParams) -> keras.Model:
+    builders = {"mlp": mlp_discriminator, "dcgan": dcgan_discriminator, "dcgan_upsample": upsample_discriminator}
+    return builders[p.arch](p.arch_params)
+
+
+def plot(model: keras.Model, target: Path) -> Path:
+    """The architecture diagram as a PNG (needs pydot and Graphviz's `dot`)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    keras.utils.plot_model(model, to_file=str(target), show_shapes=True, show_layer_names=True)
+    return target
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Print the generator and discriminator summaries.")
     ap.add_argument("--arch", choices=ARCHS, default="dcgan")
     ap.add_argument("--z-dim", type=int, default=100)
+    ap.add_argument("--params", help="params.yaml to take the arch's numbers from (default: the seeds')")
+    ap.add_argument("--plot", type=Path, metavar="DIR", help="also save the diagrams as PNG here")
     args = ap.parse_args(argv)
-    build_generator(args.arch, args.z_dim).summary()
-    build_discriminator(args.arch).summary()
+    from pipeline import params
+
+    base = params.load("train", args.params).model_dump() if args.params else {}
+    p = params.TrainParams.model_validate({**base, "arch": args.arch, "z_dim": args.z_dim})
+    for model in (build_generator(p), build_discriminator(p)):
+        model.summary()
+        if args.plot:
+            print(f"diagram: {plot(model, args.plot / f'{args.arch}_{model.name}.png')}")
 
 
 if __name__ == "__main__":

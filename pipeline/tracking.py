@@ -53,8 +53,9 @@ def _git_commit() -> str | None:
 
 
 @contextlib.contextmanager
-def run(run_file: str | Path, new: bool = False) -> Iterator:
-    """The pipeline's MLflow run: a new one (train) or the one named in `run_file`.
+def run(run_file: str | Path | None, new: bool = False, run_id: str | None = None) -> Iterator:
+    """The pipeline's MLflow run: a new one, the one given by `run_id`, or the one
+    named in `run_file`.
 
     Ends FINISHED on success, FAILED on any exception (Ctrl-C included)."""
     mlflow = _setup()
@@ -62,7 +63,7 @@ def run(run_file: str | Path, new: bool = False) -> Iterator:
         tags = {"git_commit": _git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME")}
         active = mlflow.start_run(tags={k: v for k, v in tags.items() if v})
     else:
-        run_id = json.loads(Path(run_file).read_text())["run_id"]
+        run_id = run_id or json.loads(Path(run_file).read_text())["run_id"]
         active = mlflow.start_run(run_id=run_id)
     try:
         yield active
@@ -75,3 +76,10 @@ def run(run_file: str | Path, new: bool = False) -> Iterator:
 def run_record(active) -> dict:
     return {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id,
             "tracking_uri": tracking_uri()}
+
+
+def last_logged_step(run_id: str, key: str) -> int:
+    """The highest step of `key` already in the run (0 if none)."""
+    from mlflow.tracking import MlflowClient
+
+    return max((m.step for m in MlflowClient().get_metric_history(run_id, key)), default=0)

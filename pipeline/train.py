@@ -1,12 +1,18 @@
-"""Stage `train`: one GAN trained with fit() over a tf.data pipeline.
+"""Stage `train`: one GAN trained with fit() over a tf.data pipeline, resumable.
 
     python -m pipeline.train --params params.yaml --data data/prepared/mnist.npz \
-        --model models/generator.keras --reports reports/train --run-file reports/mlflow_run.json
+        --model models/generator.keras --reports reports/train \
+        --checkpoints models/checkpoints --run-file reports/mlflow_run.json
+
+A run stopped at any point (Ctrl-C, SIGKILL, a crash) and started again with
+the same params and data resumes from its last checkpoint, continues the same
+MLflow run, and finishes at exactly `train.steps`.
 """
 from __future__ import annotations
 
 import argparse
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,49 +20,97 @@ import numpy as np
 from pipeline import atomic, data, images, params, tracking
 from pipeline.errors import StageError, run_stage
 
+FIXED_Z = 64  # samples in the collapse watch; the grid shows the first 16
 
-def dataset(x: np.ndarray, batch_size: int, seed: int):
-    """Shuffled, repeated, batched, prefetched images in [-1, 1]."""
+
+def dataset(x: np.ndarray, batch_size: int, seed: int, skip_batches: int = 0):
+    """Shuffled, repeated, batched, prefetched images in [-1, 1]; `skip_batches`
+    replays the order of a run that already consumed that many batches."""
     import tensorflow as tf
 
     if len(x) < batch_size:
         raise StageError(f"train.batch_size={batch_size} is larger than the training set ({len(x)} images)")
     ds = tf.data.Dataset.from_tensor_slices(images.from_uint8(x))
-    return (ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
-            .batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _optimizer(o: params.OptimizerParams, lr: float):
+    import keras
+
+    if o.name == "adam":
+        return keras.optimizers.Adam(lr, beta_1=o.beta_1, beta_2=o.beta_2)
+    return keras.optimizers.RMSprop(lr)
 
 
 def build(p: params.TrainParams):
+    """The compiled GAN for these params."""
     import keras
 
     from pipeline.gan import GAN
     from pipeline.models import build_discriminator, build_generator
 
     keras.utils.set_random_seed(p.seed)
-    gan = GAN(build_generator(p.arch, p.z_dim), build_discriminator(p.arch), p.z_dim, p.seed)
-    opt = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}[p.optimizer]
-    gan.compile(d_optimizer=opt(p.d_lr), g_optimizer=opt(p.g_lr))
+    lp, o = p.loss_params, p.optimizer
+    gan = GAN(build_generator(p), build_discriminator(p), p.z_dim, p.seed,
+              loss=p.loss, n_critic=lp.n_critic, clip=lp.clip if p.loss == "wgan" else None,
+              gp_weight=lp.gp_weight if p.loss == "wgan-gp" else 0.0)
+    gan.compile(d_optimizer=_optimizer(o, o.d_lr), g_optimizer=_optimizer(o, o.g_lr), jit_compile=p.use_jit)
     return gan
 
 
-def fixed_z(p: params.TrainParams, n: int = 16) -> np.ndarray:
+def fixed_z(p: params.TrainParams, n: int = FIXED_Z) -> np.ndarray:
     return np.random.default_rng(p.seed).standard_normal((n, p.z_dim)).astype(np.float32)
 
 
-def train(p: params.TrainParams, x: np.ndarray, reports: Path, run_id: str | None, verbose: int = 1):
-    """Train on uint8 images; returns the GAN and the loss history."""
-    from pipeline.callbacks import LossHistory, SampleGrid
+def fit(gan, p: params.TrainParams, x: np.ndarray, reports: Path, state=None, run_id: str | None = None,
+        start: int = 0, rows: list[dict] | None = None, logged_through: int = 0, verbose: int = 1):
+    """Train from step `start` to `p.steps`; returns the history callback.
+    Raises StageError naming the step if a loss turns NaN or inf."""
+    from pipeline import callbacks as cb
 
-    ds = dataset(x, p.batch_size, p.seed)
-    gan = build(p)
-    history = LossHistory(p.log_every, run_id)
-    samples = SampleGrid(fixed_z(p), p.sample_every, reports / "samples", run_id)
-    gan.fit(ds, epochs=1, steps_per_epoch=p.steps, callbacks=[history, samples], verbose=verbose)
-    losses = np.array([[r["d_loss"], r["g_loss"]] for r in history.rows])
-    if not np.all(np.isfinite(losses)):
-        bad = history.rows[int(np.argmax(~np.isfinite(losses).all(axis=1)))]["step"]
-        raise StageError(f"train: loss became NaN or inf at step {bad}")
-    return gan, history
+    guard = cb.NonFiniteGuard()
+    history = cb.History(p.log_every, p.oscillation_window, run_id, rows, logged_through)
+    cbs = [guard, history, cb.SampleGrid(fixed_z(p), p.sample_every, reports / "samples", run_id)]
+    if state is not None:
+        cbs.append(cb.Checkpoint(state, p.checkpoint_every, history, guard))
+    if start < p.steps:
+        ds = dataset(x, p.batch_size * p.loss_params.n_critic, p.seed, skip_batches=start)
+        gan.fit(ds, epochs=1, steps_per_epoch=p.steps - start, callbacks=cbs, verbose=verbose)
+    if guard.bad_step is not None:
+        kept = f"; the last good checkpoint (step {cbs[-1].last}) is kept" if state is not None and cbs[-1].last > 0 else ""
+        raise StageError(f"train: {', '.join(guard.bad_keys)} became NaN or inf at step {guard.bad_step}{kept}")
+    return history
+
+
+def progress_gif(samples: Path, target: Path) -> Path | None:
+    from PIL import Image
+
+    frames = [Image.open(f) for f in sorted(samples.glob("step_*.png"))]
+    if not frames:
+        return None
+    with atomic.atomic_path(target) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=300, loop=0)
+    return target
+
+
+def log_diagrams(gan, run_id: str) -> None:
+    """The architecture diagrams (the seeds' save_model()); needs Graphviz, so best effort."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.models import plot
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for model in (gan.generator, gan.discriminator):
+                plot(model, Path(tmp) / f"{model.name}.png")
+        except (ImportError, OSError) as exc:
+            print(f"train: architecture diagrams skipped ({exc})")
+            return
+        MlflowClient().log_artifacts(run_id, tmp, "architecture")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,24 +119,45 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--reports", required=True)
+    ap.add_argument("--checkpoints", required=True)
     ap.add_argument("--run-file", required=True)
     args = ap.parse_args(argv)
 
+    from pipeline.checkpoint import TrainState, fingerprint
+
     p = params.load("train", args.params)
+    if not Path(args.data).is_file():
+        raise StageError(f"{args.data}: prepared data not found")
     ds = data.load_prepared(args.data)
     reports = Path(args.reports)
-    shutil.rmtree(reports / "samples", ignore_errors=True)
+    gan = build(p)
+    state = TrainState(args.checkpoints, gan, fingerprint(p.model_dump(mode="json"), args.data))
+    resumed = state.restore()
+    start, rows = resumed if resumed else (0, [])
+    if not resumed:
+        shutil.rmtree(reports / "samples", ignore_errors=True)
 
-    with tracking.run(args.run_file, new=True) as active:
+    with tracking.run(args.run_file, new=state.run_id is None, run_id=state.run_id) as active:
         import mlflow
 
-        mlflow.log_params({f"train.{k}": v for k, v in p.model_dump().items()})
-        mlflow.log_param("train.n_images", len(ds.x_train))
-        gan, history = train(p, ds.x_train, reports, active.info.run_id)
+        state.run_id = active.info.run_id
+        if resumed:
+            print(f"train: resuming MLflow run {state.run_id} from step {start}")
+            logged = tracking.last_logged_step(state.run_id, "d_loss")
+        else:
+            mlflow.log_params(p.flat())
+            mlflow.log_param("train.n_images", len(ds.x_train))
+            log_diagrams(gan, state.run_id)
+            logged = 0
+        history = fit(gan, p, ds.x_train, reports, state, state.run_id, start, rows, logged)
         history.to_csv(reports / "losses.csv")
+        gif = progress_gif(reports / "samples", reports / "progress.gif")
+        if gif:
+            mlflow.log_artifact(str(gif), "samples")
         with atomic.atomic_path(args.model) as tmp:
             gan.generator.save(tmp)
         atomic.write_json(args.run_file, tracking.run_record(active))
+        state.mark_complete()
     print(f"train: {p.steps} steps of {p.arch}/{p.loss}; generator -> {args.model}")
 
 

@@ -24,7 +24,8 @@ def pipeline_run(tmp_path_factory):
     project = copy_project(tmp / "project")
     set_params(project,
                prepare={"limit": 300},
-               train={"steps": STEPS, "batch_size": 32, "sample_every": 3, "log_every": 4, "z_dim": 24},
+               train={"steps": STEPS, "batch_size": 32, "sample_every": 3, "log_every": 4, "z_dim": 24,
+                      "checkpoint_every": 3, "jit_compile": False},
                evaluate={"num_samples": 64})
     env = env_for(tmp)
     proc = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
@@ -52,6 +53,8 @@ def test_outputs(pipeline_run):
     assert all(np.isfinite(float(r["d_loss"])) and np.isfinite(float(r["g_loss"])) for r in rows)
     grids = sorted(p.name for p in (project / "reports/train/samples").iterdir())
     assert grids == ["step_000003.png", "step_000006.png"]
+    assert (project / "reports/train/progress.gif").is_file()
+    assert json.loads((project / "models/checkpoints/meta.json").read_text())["complete"] is True
 
     m = json.loads((project / "reports/metrics.json").read_text())
     for key in ("l1_nearest_train_gen", "l1_nearest_train_real", "memorization_ratio",

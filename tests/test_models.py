@@ -2,24 +2,56 @@ import numpy as np
 import pytest
 
 from pipeline import models
+from pipeline.params import TrainParams
 
 
-def test_seed_001_discriminator_has_exactly_the_seed_param_count():
-    assert models.build_discriminator("dcgan").count_params() == 1_080_577
+def build(arch, **kw):
+    p = TrainParams(arch=arch, z_dim=kw.pop("z_dim", 100), **kw)
+    return models.build_generator(p), models.build_discriminator(p)
+
+
+def test_seed_001_dcgan_param_counts():
+    g, d = build("dcgan")
+    assert d.count_params() == 1_080_577  # the seed's discriminator summary
+    assert g.count_params() == 1_301_505
+    convs = [l for l in d.layers if l.__class__.__name__ == "Conv2D"]
+    assert [(c.filters, c.kernel_size, c.strides) for c in convs] == [
+        (32, (5, 5), (2, 2)), (64, (5, 5), (2, 2)), (128, (5, 5), (2, 2)), (256, (5, 5), (1, 1))]
+
+
+def test_seed_004_mlp_layers():
+    g, d = build("mlp")
+    assert [l.units for l in g.layers if l.__class__.__name__ == "Dense"] == [128, 256, 512, 1024, 784]
+    assert [l.momentum for l in g.layers if l.__class__.__name__ == "BatchNormalization"] == [0.8] * 4
+    assert [l.units for l in d.layers if l.__class__.__name__ == "Dense"] == [784, 392, 1]
+
+
+def test_seeds_000_002_upsample_layers():
+    g, d = build("dcgan_upsample")
+    assert g.layers[1].units == 3136
+    assert [l.filters for l in g.layers if l.__class__.__name__ == "Conv2D"] == [128, 64, 64, 1]
+    assert sum(l.__class__.__name__ == "UpSampling2D" for l in g.layers) == 2
+    assert [(l.filters, l.strides) for l in d.layers if l.__class__.__name__ == "Conv2D"] == [
+        (64, (2, 2)), (64, (2, 2)), (128, (2, 2)), (128, (1, 1))]
+    assert [l.rate for l in d.layers if l.__class__.__name__ == "Dropout"] == [0.4] * 4
+    assert g.count_params() == 844_161 and d.count_params() == 720_833
+
+
+def test_upsample_transpose_switch():
+    g, _ = build("dcgan_upsample", dcgan_upsample={"upscale": "transpose"})
+    kinds = [l.__class__.__name__ for l in g.layers]
+    assert "UpSampling2D" not in kinds and kinds.count("Conv2DTranspose") == 4
 
 
 @pytest.mark.parametrize("arch", models.ARCHS)
 def test_shapes_and_range(arch):
-    g = models.build_generator(arch, 16)
-    d = models.build_discriminator(arch)
+    g, d = build(arch, z_dim=16)
     img = g(np.random.default_rng(0).standard_normal((3, 16)).astype("float32")).numpy()
     assert img.shape == (3, 28, 28, 1) and img.min() >= -1 and img.max() <= 1
     assert d(img).shape == (3, 1)
 
 
-def test_seed_004_mlp_layers():
-    g = models.build_generator("mlp", 100)
-    dense = [l.units for l in g.layers if l.__class__.__name__ == "Dense"]
-    assert dense == [128, 256, 512, 1024, 784]
-    d = models.build_discriminator("mlp")
-    assert [l.units for l in d.layers if l.__class__.__name__ == "Dense"] == [784, 392, 1]
+def test_summary_cli_prints_counts(capsys):
+    models.main(["--arch", "dcgan"])
+    out = capsys.readouterr().out
+    assert "1,080,577" in out and "1,301,505" in out

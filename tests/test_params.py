@@ -10,6 +10,11 @@ def test_repo_params_are_valid():
         params.load(section, "params.yaml")
 
 
+def test_repo_params_hold_the_seed_defaults():
+    assert params.load("train", "params.yaml").model_dump(exclude={"steps"}) == \
+        params.TrainParams().model_dump(exclude={"steps"})
+
+
 def test_defaults_fill_missing_section():
     assert params.parse("train", None) == params.TrainParams()
 
@@ -20,8 +25,11 @@ def test_defaults_fill_missing_section():
     ("prepare", {"source": "npz"}, "path is required"),
     ("prepare", {"limit": -1}, "prepare.limit"),
     ("prepare", {"colour": 1}, "prepare.colour"),
-    ("train", {"arch": "vae"}, "'mlp' or 'dcgan'"),
-    ("train", {"optimizer": "sgd"}, "'adam' or 'rmsprop'"),
+    ("train", {"arch": "vae"}, "'mlp', 'dcgan' or 'dcgan_upsample'"),
+    ("train", {"loss": "lsgan"}, "'bce', 'wgan', 'wgan-gp' or 'hinge'"),
+    ("train", {"mlp": {"optimizer": {"name": "sgd", "d_lr": 1, "g_lr": 1}}}, "train.mlp.optimizer.name"),
+    ("train", {"losses": {"wgan": {"n_critic": 0}}}, "train.losses.wgan.n_critic"),
+    ("train", {"dcgan": {"g_strides": [2, 2, 2, 1]}}, "expected 28x28"),
     ("train", {"steps": 0}, "train.steps"),
     ("evaluate", {"num_samples": "many"}, "evaluate.num_samples"),
 ])

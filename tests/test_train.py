@@ -1,54 +1,230 @@
+"""The train stage: every arch x loss trains, failures are marked, runs are
+deterministic, and a killed or interrupted run resumes exactly."""
+import csv
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline import data
+from pipeline import data, params
+
+rng = np.random.default_rng(0)
 
 
-@pytest.fixture
-def tiny(tmp_path):
-    rng = np.random.default_rng(0)
-    ds = data.Mnist(rng.integers(0, 256, (10, 28, 28), dtype=np.uint8), rng.integers(0, 10, 10),
-                    rng.integers(0, 256, (4, 28, 28), dtype=np.uint8), rng.integers(0, 10, 4))
-    data.save_npz(ds, tmp_path / "mnist.npz")
-    return tmp_path
+def tiny_data(path: Path, n: int = 64) -> Path:
+    ds = data.Mnist(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n),
+                    rng.integers(0, 256, (8, 28, 28), dtype=np.uint8), rng.integers(0, 10, 8))
+    path.mkdir(parents=True, exist_ok=True)
+    data.save_npz(ds, path / "mnist.npz")
+    return path
 
 
-def run_train(tmp_path, params_text):
-    (tmp_path / "params.yaml").write_text(params_text)
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.train", "--params", str(tmp_path / "params.yaml"),
-         "--data", str(tmp_path / "mnist.npz"), "--model", str(tmp_path / "models/generator.keras"),
-         "--reports", str(tmp_path / "reports/train"), "--run-file", str(tmp_path / "reports/run.json")],
-        capture_output=True, text=True, env=env)
+def train_cmd(d: Path, params_file: Path | None = None) -> list[str]:
+    return [sys.executable, "-m", "pipeline.train", "--params", str(params_file or d / "params.yaml"),
+            "--data", str(d / "mnist.npz"), "--model", str(d / "models/generator.keras"),
+            "--reports", str(d / "reports/train"), "--checkpoints", str(d / "models/checkpoints"),
+            "--run-file", str(d / "reports/run.json")]
 
 
-def test_failure_marks_mlflow_run_failed_and_writes_nothing(tiny):
-    proc = run_train(tiny, "train: {arch: mlp, batch_size: 32, steps: 2}\n")
-    assert proc.returncode == 1
-    assert "train.batch_size=32 is larger than the training set (10 images)" in proc.stderr
-    assert not (tiny / "models/generator.keras").exists() and not (tiny / "reports/run.json").exists()
+def env_for(d: Path) -> dict:
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def run_train(d: Path, params_text: str):
+    (d / "params.yaml").write_text(params_text)
+    return subprocess.run(train_cmd(d), capture_output=True, text=True, env=env_for(d))
+
+
+def losses_csv(d: Path) -> list[dict]:
+    return list(csv.DictReader(open(d / "reports/train/losses.csv")))
+
+
+def mlflow_client(d: Path):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tiny / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("mnist-gan")
-    runs = client.search_runs([exp.experiment_id])
+    return MlflowClient(tracking_uri=f"sqlite:///{d / 'mlflow.db'}")
+
+
+@pytest.mark.parametrize("arch", ["mlp", "dcgan", "dcgan_upsample"])
+def test_every_arch_and_loss_trains(tmp_path, arch):
+    from pipeline import train
+
+    x = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    for loss in ("bce", "wgan", "wgan-gp", "hinge"):
+        p = params.TrainParams(arch=arch, loss=loss, steps=2, batch_size=4, z_dim=8, sample_every=2,
+                               jit_compile=False)
+        history = train.fit(train.build(p), p, x, tmp_path / loss, verbose=0)
+        assert [r["step"] for r in history.rows] == [1, 2], loss
+        last = history.rows[-1]
+        assert all(np.isfinite(v) for v in last.values()), (loss, last)
+        expected = {"w_estimate"} if loss.startswith("wgan") else {"d_acc_real", "d_acc_fake"}
+        assert expected <= last.keys() and {"d_grad_norm", "g_grad_norm"} <= last.keys()
+        assert ("gradient_penalty" in last) == (loss == "wgan-gp")
+
+
+def test_wgan_clips_critic_weights(tmp_path):
+    from pipeline import train
+
+    p = params.TrainParams(arch="mlp", loss="wgan", steps=2, batch_size=4, z_dim=8, jit_compile=False)
+    gan = train.build(p)
+    train.fit(gan, p, rng.integers(0, 256, (40, 28, 28), dtype=np.uint8), tmp_path, verbose=0)
+    assert max(float(np.abs(w).max()) for w in gan.discriminator.get_weights()) <= 0.01 + 1e-7
+
+
+def test_failure_marks_mlflow_run_failed_and_writes_nothing(tmp_path):
+    tiny_data(tmp_path, n=10)
+    proc = run_train(tmp_path, "train: {batch_size: 32, steps: 2}\n")
+    assert proc.returncode == 1
+    assert "train.batch_size=32 is larger than the training set (10 images)" in proc.stderr
+    assert not (tmp_path / "models/generator.keras").exists() and not (tmp_path / "reports/run.json").exists()
+    client = mlflow_client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
-def test_same_seed_same_losses(tiny):
-    import csv
+class Poison:
+    """A discriminator wrapper whose output turns NaN from its `after`-th training call on:
+    a real model with a known fault, to exercise the non-finite guard."""
 
-    losses = []
-    for attempt in range(2):
-        out = tiny / f"a{attempt}"
-        out.mkdir()
-        (out / "mnist.npz").write_bytes((tiny / "mnist.npz").read_bytes())
-        proc = run_train(out, "train: {arch: mlp, batch_size: 4, steps: 5, seed: 7}\n")
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        losses.append([(r["d_loss"], r["g_loss"]) for r in csv.DictReader(open(out / "reports/train/losses.csv"))])
-    assert len(losses[0]) == 5 and losses[0] == losses[1]
+    @staticmethod
+    def wrap(discriminator, after: int):
+        import keras
+        import tensorflow as tf
+
+        class PoisonLayer(keras.layers.Layer):
+            def build(self, shape):
+                self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, name="calls")
+
+            def call(self, x, training=False):
+                if training:
+                    self.calls.assign_add(1.0)
+                # A factor, not tf.where on x: where's unselected branch would poison gradients early.
+                return x * tf.where(self.calls > after, float("nan"), 1.0)
+
+        img = keras.Input((28, 28, 1))
+        return keras.Model(img, PoisonLayer()(discriminator(img)), name="discriminator")
+
+
+def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    import tensorflow as tf
+
+    from pipeline import train
+    from pipeline.checkpoint import TrainState
+    from pipeline.errors import StageError
+
+    p = params.TrainParams(arch="mlp", steps=20, batch_size=4, z_dim=8, checkpoint_every=3, jit_compile=False)
+    gan = train.build(p)
+    # bce calls D three times a step (real, fake, G's fake): NaN appears in step 8.
+    gan.discriminator = Poison.wrap(gan.discriminator, after=3 * 7)
+    state = TrainState(tmp_path / "ckpt", gan, "fp")
+    state.run_id = None
+    with pytest.raises(StageError, match=r"NaN or inf at step 8; the last good checkpoint \(step 6\) is kept"):
+        train.fit(gan, p, rng.integers(0, 256, (40, 28, 28), dtype=np.uint8), tmp_path, state, verbose=0)
+    meta = json.loads((tmp_path / "ckpt/meta.json").read_text())
+    assert meta["step"] == 6 and not meta["complete"]
+    values = [tf.train.load_variable(str(tmp_path / "ckpt/ckpt-6"), name)
+              for name, _ in tf.train.list_variables(str(tmp_path / "ckpt/ckpt-6"))]
+    assert all(np.all(np.isfinite(v)) for v in values if np.issubdtype(np.asarray(v).dtype, np.floating))
+    assert [r["step"] for r in json.loads((tmp_path / "ckpt/history.json").read_text())] == list(range(1, 7))
+
+
+RESUME_PARAMS = ("train: {steps: 120, batch_size: 8, z_dim: 16, seed: 3, sample_every: 40, log_every: 7,"
+                 " checkpoint_every: 10, jit_compile: false}\n")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    d = tiny_data(tmp_path_factory.mktemp("straight"))
+    proc = run_train(d, RESUME_PARAMS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return d
+
+
+def test_same_seed_same_losses(tmp_path, uninterrupted):
+    import shutil
+
+    shutil.copy(uninterrupted / "mnist.npz", tmp_path / "mnist.npz")
+    proc = run_train(tmp_path, RESUME_PARAMS.replace("steps: 120", "steps: 50"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = [(r["d_loss"], r["g_loss"]) for r in losses_csv(uninterrupted)[:50]]
+    assert first == [(r["d_loss"], r["g_loss"]) for r in losses_csv(tmp_path)]
+
+
+def wait_for_checkpoint(d: Path, proc, at_least: int, timeout: float = 240) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "training ended before it could be stopped"
+        try:
+            step = json.loads((d / "models/checkpoints/meta.json").read_text())["step"]
+            if step >= at_least:
+                return step
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError("no checkpoint")
+
+
+def test_interrupt_and_kill_then_resume_exactly(tmp_path, uninterrupted):
+    import shutil
+
+    d = tmp_path
+    shutil.copy(uninterrupted / "mnist.npz", d / "mnist.npz")
+    (d / "params.yaml").write_text(RESUME_PARAMS)
+
+    # Ctrl-C: a clean stop, the run marked FAILED, the checkpoint kept.
+    proc = subprocess.Popen(train_cmd(d), env=env_for(d), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(d, proc, 10)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "resume" in err
+    run_id = json.loads((d / "models/checkpoints/meta.json").read_text())["run_id"]
+    assert mlflow_client(d).get_run(run_id).info.status == "FAILED"
+
+    # SIGKILL: no chance to clean up at all.
+    proc = subprocess.Popen(train_cmd(d), env=env_for(d), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(d, proc, 50)
+    proc.kill()
+    proc.wait()
+
+    done = subprocess.run(train_cmd(d), env=env_for(d), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming MLflow run" in done.stdout
+
+    rows = losses_csv(d)
+    assert [int(r["step"]) for r in rows] == list(range(1, 121))
+    # Exactly the numbers of a run that never stopped.
+    assert [(r["d_loss"], r["g_loss"]) for r in rows] == \
+        [(r["d_loss"], r["g_loss"]) for r in losses_csv(uninterrupted)]
+
+    client = mlflow_client(d)
+    assert json.loads((d / "reports/run.json").read_text())["run_id"] == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for key in ("d_loss", "g_loss"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(1, 121))
+    assert len(client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])) == 1
+    grids = sorted(p.name for p in (d / "reports/train/samples").iterdir())
+    assert grids == ["step_000040.png", "step_000080.png", "step_000120.png"]
+
+    # Finished: the same command starts a fresh run (in a new MLflow run).
+    again = subprocess.run(train_cmd(d), env=env_for(d), capture_output=True, text=True)
+    assert again.returncode == 0 and "resuming" not in again.stdout
+    assert json.loads((d / "reports/run.json").read_text())["run_id"] != run_id
+
+
+def test_changed_params_start_fresh(tmp_path, uninterrupted):
+    import shutil
+
+    shutil.copytree(uninterrupted, tmp_path / "d")
+    d = tmp_path / "d"
+    meta = json.loads((d / "models/checkpoints/meta.json").read_text())
+    meta["complete"] = False  # as if it had been stopped
+    (d / "models/checkpoints/meta.json").write_text(json.dumps(meta))
+    proc = run_train(d, RESUME_PARAMS.replace("steps: 120", "steps: 5"))
+    assert proc.returncode == 0 and "resuming" not in proc.stdout
+    assert [int(r["step"]) for r in losses_csv(d)] == [1, 2, 3, 4, 5]

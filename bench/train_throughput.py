@@ -1,0 +1,128 @@
+"""Training throughput: this project's compiled fit() step against a seed-style
+loop (`predict` + `train_on_batch` in Python, as seed 004 does) on the same
+models and batch, measured side by side in one run; for the conv nets also
+FLOPs per image and achieved GFLOP/s next to a large matmul's rate.
+
+    python bench/train_throughput.py [--archs mlp dcgan dcgan_upsample] [--steps 20] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipeline import params, train  # noqa: E402
+from pipeline.models import build_discriminator, build_generator  # noqa: E402
+
+
+def forward_flops(model: keras.Model) -> int:
+    """Multiply-adds x 2 of Dense, Conv2D and Conv2DTranspose layers for one image."""
+    total = 0
+    for layer in model.layers:
+        kind = layer.__class__.__name__
+        if kind == "Dense":
+            total += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+        elif kind in ("Conv2D", "Conv2DTranspose"):
+            kh, kw, a, b = layer.kernel.shape  # Conv2D: (kh, kw, in, out); transpose: (kh, kw, out, in)
+            if kind == "Conv2D":
+                h, w = layer.output.shape[1:3]
+            else:
+                h, w = layer.input.shape[1:3]  # each input pixel scatters a kernel
+            total += 2 * h * w * kh * kw * a * b
+    return int(total)
+
+
+def step_flops(g: keras.Model, d: keras.Model) -> int:
+    """One GAN step per image, backward ~ 2x forward: D step (G fwd, D fwd+bwd on real and fake),
+    G step (G fwd+bwd, D fwd+bwd)."""
+    gf, df = forward_flops(g), forward_flops(d)
+    return gf + 2 * 3 * df + 3 * gf + 3 * df
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    tf.matmul(a, b).numpy()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        tf.matmul(a, b).numpy()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def ours(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -> float:
+    gan = train.build(p)
+    ds = train.dataset(x, p.batch_size, p.seed)
+    gan.fit(ds, epochs=1, steps_per_epoch=3, verbose=0)  # trace and compile
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        gan.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+        rates.append(steps * p.batch_size / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def seed_style(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -> float:
+    g, d = build_generator(p), build_discriminator(p)
+    d.compile(optimizer=keras.optimizers.Adam(2e-4), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    d.trainable = False
+    z_in = keras.Input((p.z_dim,))
+    combined = keras.Model(z_in, d(g(z_in)))
+    combined.compile(optimizer=keras.optimizers.Adam(2e-4), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    d.trainable = True
+    rng = np.random.default_rng(0)
+    real = train.images.from_uint8(x)
+    half = p.batch_size // 2
+    y = np.concatenate([np.ones((half, 1)), np.zeros((half, 1))]).astype(np.float32)
+
+    def step():
+        z = rng.standard_normal((half, p.z_dim)).astype(np.float32)
+        fake = g.predict(z, verbose=0)
+        i = rng.integers(0, len(real) - half)
+        d.train_on_batch(np.concatenate([real[i:i + half], fake]), y)
+        combined.train_on_batch(rng.standard_normal((p.batch_size, p.z_dim)).astype(np.float32),
+                                np.ones((p.batch_size, 1), np.float32))
+
+    for _ in range(3):
+        step()
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        rates.append(steps * p.batch_size / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archs", nargs="+", default=["mlp", "dcgan", "dcgan_upsample"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    args = ap.parse_args()
+    x = np.random.default_rng(0).integers(0, 256, (4096, 28, 28), dtype=np.uint8)
+    peak = matmul_gflops()
+    print(f"matmul 2048x2048 float32: {peak:.1f} GFLOP/s (median of 5)")
+    print(f"{'arch':16}{'ours img/s':>12}{'seed-style img/s':>18}{'ratio':>8}{'MFLOP/img':>11}{'GFLOP/s':>9}{'of matmul':>11}")
+    for arch in args.archs:
+        p = params.TrainParams(arch=arch, batch_size=args.batch_size)
+        steps = args.steps * (10 if arch == "mlp" else 1)
+        a = ours(p, x, steps, args.repeats)
+        b = seed_style(p, x, steps, args.repeats)
+        flops = step_flops(build_generator(p), build_discriminator(p))
+        achieved = a * flops / 1e9
+        print(f"{arch:16}{a:12.0f}{b:18.0f}{a / b:8.2f}x{flops / 1e6:11.1f}{achieved:9.1f}{achieved / peak:10.0%}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

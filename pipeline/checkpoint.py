@@ -1,0 +1,82 @@
+"""Resumable training state: a tf.train.CheckpointManager folder holding the
+weights, both optimizers (their step counts are the global step), the loss
+history up to the checkpoint, and the MLflow run it belongs to.
+
+A run resumes only from an unfinished checkpoint whose params fingerprint
+matches; anything else starts fresh.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import tensorflow as tf
+
+from pipeline import atomic
+
+
+def fingerprint(train_params: dict, data_path: str | Path) -> str:
+    h = hashlib.sha256(json.dumps(train_params, sort_keys=True, default=str).encode())
+    with open(data_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class TrainState:
+    def __init__(self, directory: str | Path, gan, fingerprint: str, keep: int = 2):
+        self.dir = Path(directory)
+        self.gan = gan
+        self.fingerprint = fingerprint
+        self.ckpt = tf.train.Checkpoint(generator=gan.generator, discriminator=gan.discriminator,
+                                        d_optimizer=gan.d_optimizer, g_optimizer=gan.g_optimizer)
+        self.keep = keep
+        self.manager: tf.train.CheckpointManager | None = None
+        self.run_id: str | None = None
+
+    def _meta(self) -> dict:
+        try:
+            return json.loads((self.dir / "meta.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def restore(self) -> tuple[int, list[dict]] | None:
+        """Restore the latest checkpoint of an unfinished run with these params:
+        returns (step, history rows up to it), or None after clearing the folder."""
+        meta = self._meta()
+        latest = tf.train.latest_checkpoint(self.dir) if self.dir.is_dir() else None
+        if latest and meta.get("fingerprint") == self.fingerprint and not meta.get("complete"):
+            # Optimizer slots exist only once built; build them so restore fills them now.
+            self.gan.d_optimizer.build(self.gan.discriminator.trainable_variables)
+            self.gan.g_optimizer.build(self.gan.generator.trainable_variables)
+            self.ckpt.restore(latest).assert_existing_objects_matched()
+            step = int(self.gan.g_optimizer.iterations.numpy())
+            rows = [r for r in json.loads((self.dir / "history.json").read_text()) if r["step"] <= step]
+            self.run_id = meta.get("run_id")
+            self._manager()
+            return step, rows
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return None
+
+    def _manager(self) -> tf.train.CheckpointManager:
+        if self.manager is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.manager = tf.train.CheckpointManager(self.ckpt, str(self.dir), max_to_keep=self.keep)
+        return self.manager
+
+    def save(self, step: int, rows: list[dict]) -> None:
+        # History first: a kill between the two leaves extra rows, which restore drops.
+        self._manager()
+        atomic.write_json(self.dir / "history.json", rows)
+        self.manager.save(checkpoint_number=step)
+        self._write_meta(step=step, complete=False)
+
+    def mark_complete(self) -> None:
+        meta = self._meta()
+        self._write_meta(step=meta.get("step"), complete=True)
+
+    def _write_meta(self, step, complete: bool) -> None:
+        atomic.write_json(self.dir / "meta.json", {"fingerprint": self.fingerprint, "run_id": self.run_id,
+                                                   "step": step, "complete": complete})
