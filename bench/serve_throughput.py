@@ -9,7 +9,8 @@ the in-process bound (SavedModel `serve` at batch 64, images/s), then a real
 BentoML home, driven by an asyncio HTTP client at concurrency 1, 8 and 32
 with single-z `/generate` calls. Prints requests/s (= images/s), its ratio
 to the bound, and p50/p99 latency; each figure is the median of --repeat
-rounds. The client shares the machine's cores with the server, as a
+rounds, and a ratio is taken against the bound measured in the same round.
+The client shares the machine's cores with the server, as a
 sidecar load generator would.
 """
 from __future__ import annotations
@@ -52,8 +53,9 @@ def store(arch: str, z_dim: int, tmp: Path) -> tuple[str, Path]:
     return str(save_to_bentoml(target, card)), target
 
 
-def in_process_bound(saved: Path, z_dim: int, seconds: float, repeat: int) -> float:
-    """Images/s of the SavedModel alone at batch 64, median of `repeat` rounds."""
+def in_process(saved: Path, z_dim: int):
+    """A function measuring the SavedModel alone at batch 64 for some
+    seconds, in images/s: the bound the HTTP figures are divided by."""
     import numpy as np
     import tensorflow as tf
 
@@ -61,14 +63,14 @@ def in_process_bound(saved: Path, z_dim: int, seconds: float, repeat: int) -> fl
     z = np.random.default_rng(0).standard_normal((BOUND_BATCH, z_dim)).astype(np.float32)
     for _ in range(3):
         model.serve(z).numpy()
-    rates = []
-    for _ in range(repeat):
+
+    def measure(seconds: float) -> float:
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             model.serve(z).numpy()
             n += 1
-        rates.append(n * BOUND_BATCH / (time.perf_counter() - t0))
-    return statistics.median(rates)
+        return n * BOUND_BATCH / (time.perf_counter() - t0)
+    return measure
 
 
 def free_port() -> int:
@@ -133,7 +135,9 @@ async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float) 
             "n": len(latencies), "errors": errors}
 
 
-def bench_http(url: str, z_dim: int, seconds: float, repeat: int) -> dict[int, dict]:
+def bench(url: str, bound, z_dim: int, seconds: float, repeat: int) -> tuple[float, dict[int, dict]]:
+    """Rounds of (bound, then each concurrency level), so that load from
+    other processes drifts over both alike; ratios are taken within a round."""
     import numpy as np
 
     rng = np.random.default_rng(1)
@@ -142,13 +146,19 @@ def bench_http(url: str, z_dim: int, seconds: float, repeat: int) -> dict[int, d
     # Warm-up also trains BentoML's batching optimizer (its first calls are
     # its own calibration runs).
     asyncio.run(load(url, bodies, 8, 3.0))
+    bounds, rounds = [], {c: [] for c in LEVELS}
+    for _ in range(repeat):
+        bounds.append(bound(2.0))
+        for c in LEVELS:
+            r = asyncio.run(load(url, bodies, c, seconds))
+            r["ratio"] = r["rps"] / bounds[-1]
+            rounds[c].append(r)
     out = {}
-    for c in LEVELS:
-        rounds = [asyncio.run(load(url, bodies, c, seconds)) for _ in range(repeat)]
-        out[c] = {k: statistics.median(r[k] for r in rounds) for k in ("rps", "p50", "p99")}
-        out[c]["n"] = sum(r["n"] for r in rounds)
-        out[c]["errors"] = sum(r["errors"] for r in rounds)
-    return out
+    for c, rs in rounds.items():
+        out[c] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "ratio", "p50", "p99")}
+        out[c]["n"] = sum(r["n"] for r in rs)
+        out[c]["errors"] = sum(r["errors"] for r in rs)
+    return statistics.median(bounds), out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,20 +178,21 @@ def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), BENTOML_DO_NOT_TRACK="true")
     sys.path.insert(0, str(ROOT))
     print(f"cpus {os.cpu_count()}; z_dim {args.z_dim}; {args.repeat} rounds of {args.seconds:g}s; "
-          f"workers {env.get('MNIST_GAN_WORKERS', 1)}; medians")
+          f"service workers {env.get('MNIST_GAN_WORKERS', 1)}, TF threads per op "
+          f"{env.get('MNIST_GAN_TF_THREADS', 1)} (0 = TF default); medians")
     for arch in archs:
         tag, saved = store(arch, args.z_dim, tmp)
-        bound = in_process_bound(saved, args.z_dim, 2.0, args.repeat)
+        bound = in_process(saved, args.z_dim)
         proc, url = serve(tag, env, tmp / f"{arch}-serve.log")
         try:
-            results = bench_http(url, args.z_dim, args.seconds, args.repeat)
+            bound_rate, results = bench(url, bound, args.z_dim, args.seconds, args.repeat)
         finally:
             os.killpg(proc.pid, 15)
             proc.wait(60)
-        print(f"\n{arch}: in-process bound {bound:8.1f} images/s (SavedModel serve, batch {BOUND_BATCH})")
+        print(f"\n{arch}: in-process bound {bound_rate:8.1f} images/s (SavedModel serve, batch {BOUND_BATCH})")
         print(f"  {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'calls':>6} {'errors':>6}")
         for c, r in results.items():
-            print(f"  {c:>11} {r['rps']:8.1f} {r['rps'] / bound:6.2f} {r['p50'] * 1e3:7.1f} "
+            print(f"  {c:>11} {r['rps']:8.1f} {r['ratio']:6.2f} {r['p50'] * 1e3:7.1f} "
                   f"{r['p99'] * 1e3:7.1f} {r['n']:6d} {r['errors']:6d}")
 
 

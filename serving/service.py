@@ -20,7 +20,9 @@ from typing import Annotated, Literal
 
 import bentoml
 import numpy as np
+from bentoml._internal.marshal import dispatcher as _dispatcher
 from bentoml.exceptions import BentoMLException
+from bentoml.validators import ContentType
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from PIL import Image
@@ -50,6 +52,29 @@ def _load_card(ref: bentoml.models.BentoModel) -> tuple[str, Path, dict]:
     path = Path(stored.path)
     return str(stored.tag), path, json.loads((path / "model_card.json").read_text())
 
+
+class _NoHoldOptimizer(_dispatcher.Optimizer):
+    """BentoML's batching optimizer with its learned hold time pinned to 0.
+
+    CorkDispatcher holds a lone request for about the average wait of past
+    batches. After a burst (where requests waited behind a running batch)
+    that average is large, and it feeds on itself: single requests then
+    waited ~60-100 ms each (bench/serve_throughput.py, concurrency 1 after
+    32). With no hold, a batch leaves as soon as the model is free and holds
+    whatever queued meanwhile, so batch size still follows the load."""
+
+    @property
+    def wait(self) -> float:
+        return 0.0
+
+    @wait.setter
+    def wait(self, value: float) -> None:
+        pass
+
+
+if os.environ.get("MNIST_GAN_BATCH_HOLD", "0") != "1":
+    # Read by the dispatcher BentoML builds for each batchable API, after this import.
+    _dispatcher.Optimizer = _NoHoldOptimizer
 
 MODEL = bentoml.models.BentoModel(MODEL_TAG)
 TAG, MODEL_PATH, CARD = _load_card(MODEL)
@@ -196,7 +221,7 @@ class Generator:
         return np.clip((out - self.low) / (self.high - self.low), 0.0, 1.0)
 
     @bentoml.api(batchable=True, max_batch_size=INFER_BATCH, max_latency_ms=20_000)
-    def generate(self, z: ZBatch) -> np.ndarray:
+    def generate(self, z: ZBatch) -> Annotated[np.ndarray, ContentType("application/json")]:
         """Images for a batch of z-vectors, as floats in [0, 1] of shape (n, 28, 28).
 
         Concurrent requests are batched together (adaptive batching)."""

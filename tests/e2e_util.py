@@ -112,7 +112,11 @@ tmp = Path(tempfile.mkdtemp())
 export_saved_model(gen, tmp / "generator")
 card = model_card(gen, {"run_id": "test-run"}, {"diversity_ratio": 0.9}, {"data_sha256": "0" * 64},
                   {"train.arch": arch, "train.loss": "bce"})
-card.update(extra)
+for key, value in extra.items():
+    if value is None:
+        card.pop(key, None)
+    else:
+        card[key] = value
 print(save_to_bentoml(tmp / "generator", card))
 """
 
@@ -120,7 +124,8 @@ print(save_to_bentoml(tmp / "generator", card))
 def store_generator(env: dict[str, str], arch: str = "mlp", z_dim: int = 100, **card) -> str:
     """An untrained generator exported and saved to the BentoML store that
     `env` names (BENTOML_HOME), in a subprocess so this process's bentoml
-    keeps its own home. `card` overrides model-card keys. Returns the tag."""
+    keeps its own home. `card` overrides model-card keys (None removes one).
+    Returns the tag."""
     import json
 
     env = dict(env, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")

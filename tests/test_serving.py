@@ -155,6 +155,7 @@ BAD = [
     ("/generate", {"z": [[]]}, 400, "z"),
     ("/generate", {"z": [GOOD] * 257}, 400, "z"),
     ("/generate", {}, 400, "z"),
+    ("/render", {"w": GOOD}, 400, "z"),
     ("/render", {"z": GOOD, "scale": 0}, 400, "scale"),
     ("/render", {"z": GOOD, "scale": 17}, 400, "scale"),
     ("/render", {"z": GOOD, "scale": 2.5}, 400, "scale"),
@@ -263,7 +264,7 @@ def test_load_32_clients_2000_requests(server, reference):
 def test_z_dim_64_served_from_the_card_alone(home):
     """Another generator (z_dim 64, no verdict in its card) with the same code."""
     tmp, env, _ = home
-    tag = store_generator(env, "mlp", 64)
+    tag = store_generator(env, "mlp", 64, verdict=None)
     served = Served(tmp, dict(env, MNIST_GAN_MODEL_TAG=tag))
     try:
         served.wait_ready()
