@@ -1,17 +1,33 @@
-"""Stage `evaluate`: sample the generator and score memorization and diversity.
+"""Stage `evaluate`: score a generator for memorization, mode collapse and quality,
+and give a verdict.
 
-    python -m pipeline.evaluate --params params.yaml --generator models/generator.keras \
-        --data data/prepared/mnist.npz --metrics reports/metrics.json --run-file reports/mlflow_run.json
+    python -m pipeline.evaluate --generator PATH --out DIR
+
+scores any saved Keras generator (n, z_dim) -> (n, 28, 28, 1) in [-1, 1]; the
+other inputs default as in dvc.yaml (`--params params.yaml --data
+data/prepared/mnist.npz --judge models/judge.keras`). Without `--run-file`
+nothing goes to MLflow; the pipeline passes the run file of `train`, and the
+metrics and figures join that run. Writes `<metrics>` (default
+`<out>/metrics.json`) and, under `<out>`, `verdict.json`, `per_class.json`,
+`class_hist.csv` and the PNG figures.
+
+Every figure on generated images has the same figure on real held-out test
+images beside it; the verdict thresholds are `evaluate.*` in params.yaml.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, data, images, metrics, params, tracking
+from pipeline import atomic, data, images, judge as judge_mod, metrics, params, tracking
 from pipeline.errors import StageError, run_stage
+
+# Per-class diversity needs a few images of the class on both sides to mean anything.
+MIN_CLASS_IMAGES = 10
 
 
 def sample(generator, n: int, seed: int, batch: int = 500) -> np.ndarray:
@@ -22,22 +38,163 @@ def sample(generator, n: int, seed: int, batch: int = 500) -> np.ndarray:
     return np.concatenate(out)
 
 
-def real_subset(x: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """At most n held-out images, drawn without replacement."""
-    if len(x) <= n:
-        return x
-    return x[np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))]
+def real_indices(total: int, n: int, seed: int) -> np.ndarray:
+    """Which held-out images the comparison uses: at most n, drawn without replacement."""
+    if total <= n:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
 
 
-def evaluate(generator, ds: data.Mnist, p: params.EvaluateParams) -> dict[str, float]:
+def real_subset(x: np.ndarray, n: int, seed: int, y: np.ndarray | None = None):
+    """At most n held-out images (and their labels when given)."""
+    keep = real_indices(len(x), n, seed)
+    return x[keep] if y is None else (x[keep], y[keep])
+
+
+def per_class_diversity(gen, gen_cls, real, real_cls) -> dict[int, dict]:
+    """Mean pairwise L1 inside each class on both sides; classes too small on either side are left out."""
+    out = {}
+    for c in range(10):
+        g, r = gen[gen_cls == c], real[real_cls == c]
+        if len(g) >= MIN_CLASS_IMAGES and len(r) >= MIN_CLASS_IMAGES:
+            pg, pr = metrics.mean_pairwise_l1(g), metrics.mean_pairwise_l1(r)
+            out[c] = {"num_generated": len(g), "num_real": len(r), "l1_pairwise_gen": pg,
+                      "l1_pairwise_real": pr, "ratio": pg / max(pr, 1e-12)}
+    return out
+
+
+def class_matched_rate(flags: np.ndarray, cls: np.ndarray, target_cls: np.ndarray) -> float:
+    """The rate of `flags` among real images, reweighted to the class mix of `target_cls`:
+    "1"s sit much nearer their training neighbours than "8"s, so a generator of many
+    "1"s is held to real "1"s' rate, not to the all-digit rate."""
+    overall = float(flags.mean())
+    rate = 0.0
+    for c, count in zip(*np.unique(target_cls, return_counts=True)):
+        mine = flags[cls == c]
+        rate += count * (float(mine.mean()) if len(mine) >= MIN_CLASS_IMAGES else overall)
+    return rate / max(len(target_cls), 1)
+
+
+def verdict(m: dict, p: params.EvaluateParams) -> dict:
+    """The three booleans and the reasons behind each failed check."""
+    collapse, copying, quality = [], [], []
+    if m["modes_covered"] < m["modes_expected"]:
+        collapse.append(f"modes_covered={m['modes_covered']} < modes_expected={m['modes_expected']} "
+                        f"(a class needs >= {p.mode_min_share} of its real share)")
+    if m["class_kl"] > p.kl_max:
+        collapse.append(f"class_kl={m['class_kl']:.3g} > kl_max={p.kl_max}")
+    if m["diversity_ratio"] < p.diversity_min:
+        collapse.append(f"diversity_ratio={m['diversity_ratio']:.3g} < diversity_min={p.diversity_min}")
+    if m["class_diversity_min"] < p.diversity_min:
+        collapse.append(f"class_diversity_min={m['class_diversity_min']:.3g} < diversity_min={p.diversity_min}"
+                        " (one class's images look alike)")
+    if m["duplicate_rate_gen"] - m["duplicate_rate_real"] > p.duplicate_excess_max:
+        collapse.append(f"duplicate_rate_gen={m['duplicate_rate_gen']:.3g} exceeds duplicate_rate_real="
+                        f"{m['duplicate_rate_real']:.3g} by more than duplicate_excess_max={p.duplicate_excess_max}"
+                        f" (pairs of generated images within L1 {p.near_l1})")
+    if m["copying_z"] < p.copying_z_min:
+        copying.append(f"copying_z={m['copying_z']:.3g} < copying_z_min={p.copying_z_min} "
+                       "(generated images sit closer to the training set than held-out images do)")
+    if m["copy_rate_gen"] - m["copy_rate_real"] > p.copy_excess_max:
+        copying.append(f"copy_rate_gen={m['copy_rate_gen']:.3g} exceeds copy_rate_real={m['copy_rate_real']:.3g}"
+                       f" by more than copy_excess_max={p.copy_excess_max} (images within L1 {p.copy_l1} of"
+                       " a training image)")
+    ratio = m["classifier_score_gen"] / max(m["classifier_score_real"], 1e-12)
+    if ratio < p.classifier_score_ratio_min:
+        quality.append(f"classifier_score_gen/real={ratio:.3g} < classifier_score_ratio_min="
+                       f"{p.classifier_score_ratio_min}")
+    if m["fcd"] > p.fcd_max:
+        quality.append(f"fcd={m['fcd']:.3g} > fcd_max={p.fcd_max}")
+    if m["precision"] < p.precision_min:
+        quality.append(f"precision={m['precision']:.3g} < precision_min={p.precision_min}")
+    if m["recall"] < p.recall_min:
+        quality.append(f"recall={m['recall']:.3g} < recall_min={p.recall_min}")
+    reasons = ([f"mode_collapse: {r}" for r in collapse] + [f"memorization: {r}" for r in copying]
+               + [f"quality: {r}" for r in quality])
+    return {"mode_collapse": bool(collapse), "memorization": bool(copying),
+            "quality_gate_passed": not reasons, "reasons": reasons}
+
+
+def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.ndarray, judge,
+          p: params.EvaluateParams) -> tuple[dict, dict, dict]:
+    """All metrics of 8-bit generated images against real held-out ones.
+
+    Returns (metrics, verdict, details); details carries what the figures need."""
+    if len(real) < 2 or len(gen) < 2:
+        raise StageError("evaluate: need at least two generated and two held-out test images")
+    m, gen_nn, gen_arg, real_nn = metrics.l1_details(gen, real, train)
+    m["duplicate_rate_gen"] = float(np.mean(metrics.nearest_other_l1(gen)[0] < p.near_l1))
+    m["duplicate_rate_real"] = float(np.mean(metrics.nearest_other_l1(real)[0] < p.near_l1))
+
+    f_gen, p_gen = judge_mod.embed(judge, gen)
+    f_real, p_real = judge_mod.embed(judge, real)
+    # One partition for both sides (the judge's classes), as the copying test's cells require.
+    gen_cls, real_cls = p_gen.argmax(1), p_real.argmax(1)
+    m["copying_z"] = metrics.copying_statistic(gen_nn, gen_cls, real_nn, real_cls, MIN_CLASS_IMAGES)
+    m["copying_z_global"] = metrics.mann_whitney_z(gen_nn, real_nn)[1]
+    m["copy_rate_gen"] = float(np.mean(gen_nn < p.copy_l1))
+    m["copy_rate_real"] = class_matched_rate(real_nn < p.copy_l1, real_cls, gen_cls)
+    gen_hist = metrics.class_histogram(p_gen)
+    # Both histograms through the judge, so its mistakes cancel instead of counting as KL;
+    # the classes that exist come from the labels (prepare.digits).
+    real_hist = metrics.class_histogram(p_real)
+    present = np.bincount(real_labels, minlength=10) > 0
+    covered, expected = metrics.modes_covered(gen_hist * present, real_hist * present, p.mode_min_share)
+    per_class = per_class_diversity(gen, gen_cls, real, real_cls)
+    m.update({
+        "modes_covered": covered,
+        "modes_expected": expected,
+        "class_kl": metrics.kl_divergence(gen_hist, real_hist),
+        "class_entropy_gen": metrics.entropy(gen_hist),
+        "class_entropy_real": metrics.entropy(real_hist),
+        "judge_confidence_gen": float(p_gen.max(1).mean()),
+        "judge_confidence_real": float(p_real.max(1).mean()),
+        "judge_accuracy_real": float(np.mean(p_real.argmax(1) == real_labels)),
+        "classifier_score_gen": metrics.classifier_score(p_gen),
+        "classifier_score_real": metrics.classifier_score(p_real),
+        "class_diversity_min": min((c["ratio"] for c in per_class.values()), default=m["diversity_ratio"]),
+        "fcd": metrics.frechet_distance(f_gen, f_real),
+        "kid": metrics.kid(f_gen, f_real),
+    })
+    k = min(p.k, len(gen) - 1, len(real) - 1)
+    m.update(metrics.prdc(f_real, f_gen, k))
+    v = verdict(m, p)
+    m.update({key: int(v[key]) for key in ("mode_collapse", "memorization", "quality_gate_passed")})
+    m["num_generated"], m["num_real"] = len(gen), len(real)
+    details = {"gen_nn": gen_nn, "gen_arg": gen_arg, "gen_cls": gen_cls, "gen_hist": gen_hist,
+               "real_hist": real_hist, "per_class": per_class}
+    return m, v, details
+
+
+def evaluate(generator, judge, ds: data.Mnist, p: params.EvaluateParams):
+    """Sample the generator and score it; returns (metrics, verdict, details, generated pixels)."""
     gen = sample(generator, p.num_samples, p.seed)
-    real = real_subset(ds.x_test, p.num_samples, p.seed)
-    if len(real) < 2:
-        raise StageError("evaluate: the prepared test split needs at least two images")
-    m = metrics.l1_report(gen, real, ds.x_train)
-    m["num_generated"] = len(gen)
-    m["num_real"] = len(real)
-    return m
+    real, labels = real_subset(ds.x_test, p.num_samples, p.seed, ds.y_test)
+    m, v, details = score(gen, real, labels, ds.x_train, judge, p)
+    return m, v, details, gen
+
+
+def write_figures(out: Path, gen: np.ndarray, train: np.ndarray, details: dict) -> None:
+    """Class histogram (CSV for the DVC bar plot), nearest-training-image pairs and per-class grids."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["digit", "generated", "real"])
+    for c in range(10):
+        w.writerow([str(c), f"{details['gen_hist'][c]:.4f}", f"{details['real_hist'][c]:.4f}"])
+    atomic.write_text(out / "class_hist.csv", buf.getvalue())
+
+    # Top two rows: the 16 most training-like generated images over their nearest training
+    # images (where copying would show); bottom two: 16 chosen at random.
+    n = min(16, len(gen))
+    closest = np.argsort(details["gen_nn"], kind="stable")[:n]
+    rand = np.random.default_rng(0).choice(len(gen), n, replace=False)
+    rows = [gen[closest], train[details["gen_arg"][closest]], gen[rand], train[details["gen_arg"][rand]]]
+    images.save_png(images.grid(np.concatenate(rows), cols=n), out / "nearest_train.png", scale=2)
+
+    for c in range(10):
+        members = gen[details["gen_cls"] == c][:64]
+        pixels = members if len(members) else np.zeros((1, 28, 28), np.uint8)
+        images.save_png(images.grid(pixels, cols=8), out / "per_class" / f"class_{c}.png", scale=2)
 
 
 def load_generator(path: str | Path):
@@ -57,22 +214,38 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--generator", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--metrics", required=True)
-    ap.add_argument("--run-file", required=True)
+    ap.add_argument("--data", default="data/prepared/mnist.npz")
+    ap.add_argument("--judge", default="models/judge.keras")
+    ap.add_argument("--out", required=True, help="folder for the verdict, per-class figures and plots")
+    ap.add_argument("--metrics", help="metrics JSON (default: <out>/metrics.json)")
+    ap.add_argument("--run-file", help="the pipeline's MLflow run to add to; none: no MLflow")
     args = ap.parse_args(argv)
 
     p = params.load("evaluate", args.params)
+    out = Path(args.out)
+    if args.run_file and not Path(args.run_file).is_file():
+        raise StageError(f"{args.run_file}: MLflow run file not found")
     generator = load_generator(args.generator)
+    judge = judge_mod.load(args.judge)
     ds = data.load_prepared(args.data)
-    with tracking.run(args.run_file):
-        import mlflow
 
-        mlflow.log_params({f"evaluate.{k}": v for k, v in p.model_dump().items()})
-        m = evaluate(generator, ds, p)
-        mlflow.log_metrics({k: float(v) for k, v in m.items()})
-        atomic.write_json(args.metrics, m)
-    print("evaluate: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items()))
+    m, v, details, gen = evaluate(generator, judge, ds, p)
+    write_figures(out, gen, ds.x_train, details)
+    atomic.write_json(out / "verdict.json", v)
+    atomic.write_json(out / "per_class.json", {str(c): d for c, d in details["per_class"].items()})
+    atomic.write_json(args.metrics or out / "metrics.json", m)
+    if args.run_file:
+        with tracking.run(args.run_file):
+            import mlflow
+
+            mlflow.log_params({f"evaluate.{k}": v for k, v in p.model_dump().items()})
+            mlflow.log_metrics({k: float(x) for k, x in m.items()})
+            mlflow.log_artifacts(str(out), "eval")
+    print("evaluate: " + ", ".join(f"{k}={x:.4g}" for k, x in m.items()))
+    print(f"evaluate: mode_collapse={v['mode_collapse']} memorization={v['memorization']} "
+          f"quality_gate_passed={v['quality_gate_passed']}")
+    for r in v["reasons"]:
+        print(f"  {r}")
 
 
 if __name__ == "__main__":

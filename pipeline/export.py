@@ -6,7 +6,8 @@
 Writes `<out>/generator/` (keras Model.export() SavedModel, `serve`: float32
 z (n, z_dim) -> (n, 28, 28, 1) in [-1, 1]) and `<out>/model_card.json`, saves
 both to the BentoML store as `mnist_gan_generator` and registers the MLflow
-model `mnist-gan-generator`.
+model `mnist-gan-generator`, with the alias `champion` moved to this version
+only when the evaluate stage's verdict passed the quality gate.
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from pipeline.errors import StageError, run_stage
 
 BENTO_MODEL = "mnist_gan_generator"
 REGISTERED_MODEL = "mnist-gan-generator"
+CHAMPION = "champion"
 PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
 
 
-def model_card(generator, run: dict, metrics: dict, data_report: dict, train_params: dict) -> dict:
+def model_card(generator, run: dict, metrics: dict, data_report: dict, train_params: dict,
+               verdict: dict | None = None) -> dict:
     return {
         "name": BENTO_MODEL,
         "z_dim": int(generator.input_shape[-1]),
@@ -34,6 +37,8 @@ def model_card(generator, run: dict, metrics: dict, data_report: dict, train_par
         "loss": train_params.get("train.loss"),
         "params": train_params,
         "metrics": metrics,
+        "verdict": {k: (verdict or {}).get(k) for k in
+                    ("mode_collapse", "memorization", "quality_gate_passed", "reasons")},
         "mlflow_run_id": run["run_id"],
         "data_sha256": data_report.get("data_sha256"),
     }
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generator", required=True)
     ap.add_argument("--metrics", required=True)
+    ap.add_argument("--verdict", required=True, help="the evaluate stage's verdict.json")
     ap.add_argument("--data-report", required=True)
     ap.add_argument("--run-file", required=True)
     ap.add_argument("--out", required=True)
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     generator = load_generator(args.generator)
     run = json.loads(Path(args.run_file).read_text())
     metrics = json.loads(Path(args.metrics).read_text())
+    verdict = json.loads(Path(args.verdict).read_text())
     data_report = json.loads(Path(args.data_report).read_text())
     out = Path(args.out)
 
@@ -83,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         import numpy as np
 
         train_params = {k: v for k, v in active.data.params.items() if k.startswith("train.")}
-        card = model_card(generator, run, metrics, data_report, train_params)
+        card = model_card(generator, run, metrics, data_report, train_params, verdict)
         export_saved_model(generator, out / "generator")
         atomic.write_json(out / "model_card.json", card)
 
@@ -101,7 +108,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         version = info.registered_model_version
         mlflow.set_tag("registered_model_version", str(version))
-    print(f"export: {out / 'generator'}; bentoml {tag}; mlflow {REGISTERED_MODEL} v{version}")
+        if verdict.get("quality_gate_passed") is True:
+            mlflow.MlflowClient().set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+    gate = "passed the gate: alias champion" if verdict.get("quality_gate_passed") is True else \
+        "did not pass the gate: champion alias unchanged"
+    print(f"export: {out / 'generator'}; bentoml {tag}; mlflow {REGISTERED_MODEL} v{version} ({gate})")
 
 
 if __name__ == "__main__":

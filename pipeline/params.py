@@ -167,14 +167,38 @@ class TrainParams(_Section):
         return self
 
 
+class JudgeParams(_Section):
+    epochs: int = Field(3, ge=1, le=100)
+    batch_size: int = Field(128, ge=8, le=4096)
+    learning_rate: float = Field(3e-3, gt=0, lt=1)
+    width: int = Field(16, ge=4, le=256)
+    feature_dim: int = Field(128, ge=8, le=1024)
+    seed: int = Field(0, ge=0)
+
+
 class EvaluateParams(_Section):
     num_samples: int = Field(2000, ge=2, le=100_000)
     seed: int = Field(0, ge=0)
+    # Thresholds of the verdict; README "Metrics" says how each is used.
+    mode_min_share: float = Field(0.2, gt=0, le=1)
+    kl_max: float = Field(0.1, gt=0)
+    diversity_min: float = Field(0.6, gt=0, le=2)
+    near_l1: float = Field(0.01, ge=0, lt=1)
+    copy_l1: float = Field(0.005, ge=0, lt=1)
+    duplicate_excess_max: float = Field(0.05, ge=0, le=1)
+    copy_excess_max: float = Field(0.05, ge=0, le=1)
+    copying_z_min: float = Field(-3.0)
+    classifier_score_ratio_min: float = Field(0.9, gt=0, le=2)
+    precision_min: float = Field(0.6, ge=0, le=1)
+    recall_min: float = Field(0.4, ge=0, le=1)
+    fcd_max: float = Field(50.0, gt=0)
+    k: int = Field(5, ge=1, le=100)
 
 
 SECTIONS: dict[str, type[_Section]] = {
     "prepare": PrepareParams,
     "train": TrainParams,
+    "judge": JudgeParams,
     "evaluate": EvaluateParams,
 }
 P = TypeVar("P", bound=_Section)

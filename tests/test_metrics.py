@@ -131,3 +131,18 @@ def test_prdc_matches_the_definitions():
     got = metrics.prdc(real, fake, k)
     assert got == pytest.approx({"precision": precision, "recall": recall,
                                  "density": density, "coverage": coverage})
+
+
+def test_copying_statistic_is_the_share_weighted_mean_of_per_cell_scipy_tests():
+    gen_d, real_d = rng.normal(0, 1, 300), rng.normal(0.2, 1, 200)
+    gen_c, real_c = rng.integers(0, 3, 300), rng.integers(0, 4, 200)
+    real_c[real_c == 3] = 2
+    gen_c[:5] = 7  # a cell real data lacks is left out
+    zs, ws = [], []
+    for c in range(3):
+        g, r = gen_d[gen_c == c], real_d[real_c == c]
+        p = stats.mannwhitneyu(g, r, alternative="less", method="asymptotic", use_continuity=False).pvalue
+        zs.append(stats.norm.ppf(p))
+        ws.append(len(r))
+    got = metrics.copying_statistic(gen_d, gen_c, real_d, real_c)
+    assert got == pytest.approx(np.average(zs, weights=ws), rel=1e-6)

@@ -1,0 +1,122 @@
+"""The evaluate stage on generators built here, against real MNIST and a judge
+trained on part of it: copies of training images are flagged as memorization,
+one digit as collapse, held-out test images pass the gate, noise fails it."""
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from pipeline import data, evaluate, judge, params
+
+N = 500  # one sampling batch: the table generators below map a batch's z to distinct images
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return data.load_pypi()[0]
+
+
+@pytest.fixture(scope="module")
+def judge_model(mnist, tmp_path_factory):
+    """A judge trained on 12,000 training images for 3 epochs: weaker than the stage's, quicker."""
+    sub = data.Mnist(mnist.x_train[:12000], mnist.y_train[:12000], mnist.x_test[:2000], mnist.y_test[:2000])
+    model, report = judge.train(sub, params.JudgeParams(epochs=3, width=8))
+    assert report["test_accuracy"] > 0.95, report
+    path = tmp_path_factory.mktemp("judge") / "judge.keras"
+    model.save(path)
+    return path
+
+
+@keras.saving.register_keras_serializable(package="test_evaluate")
+class Table(keras.layers.Layer):
+    """z -> a fixed image per z: the rank of z[:, 0] within the batch indexes a table,
+    so one batch gives distinct images, as a generator that stores images would."""
+
+    def __init__(self, table, **kwargs):
+        super().__init__(**kwargs)
+        self.table = ops.convert_to_tensor(np.asarray(table, np.float32))
+
+    def call(self, z):
+        return ops.take(self.table, ops.argsort(ops.argsort(z[:, 0])), axis=0)
+
+
+def table_generator(pixels: np.ndarray, z_dim: int = 8):
+    assert len(pixels) >= N
+    z = keras.Input((z_dim,))
+    from pipeline.images import from_uint8
+
+    return keras.Model(z, Table(from_uint8(pixels))(z))
+
+
+def heldout(mnist, p):
+    """Test images the evaluation does not compare against."""
+    used = evaluate.real_indices(len(mnist.x_test), p.num_samples, p.seed)
+    return np.setdiff1d(np.arange(len(mnist.x_test)), used)
+
+
+def run_stage(generator, mnist, judge_path):
+    p = params.EvaluateParams(num_samples=N)
+    return evaluate.evaluate(generator, judge.load(judge_path), mnist, p)[:2]
+
+
+def test_training_images_are_flagged_as_memorization(mnist, judge_model):
+    pick = np.random.default_rng(1).choice(len(mnist.x_train), 2000, replace=False)
+    m, v = run_stage(table_generator(mnist.x_train[pick]), mnist, judge_model)
+    assert v["memorization"] and not v["quality_gate_passed"], v
+    assert m["memorization"] == 1 and m["l1_nearest_train_gen"] == 0 and m["copy_rate_gen"] == 1
+    assert m["copying_z"] < -3 and any(r.startswith("memorization: copying_z") for r in v["reasons"])
+
+
+def test_one_digit_is_flagged_as_collapse_not_as_copying(mnist, judge_model):
+    p = params.EvaluateParams(num_samples=N)
+    ones = np.intersect1d(heldout(mnist, p), np.flatnonzero(mnist.y_test == 1))
+    m, v = run_stage(table_generator(mnist.x_test[ones]), mnist, judge_model)
+    assert v["mode_collapse"] and not v["quality_gate_passed"], v
+    assert not v["memorization"], v  # "1"s lie near training "1"s: compared with real "1"s, not copying
+    assert m["modes_covered"] == 1 and m["modes_expected"] == 10 and m["class_kl"] > 1
+
+
+def test_heldout_test_images_pass_the_gate(mnist, judge_model):
+    p = params.EvaluateParams(num_samples=N)
+    m, v = run_stage(table_generator(mnist.x_test[heldout(mnist, p)]), mnist, judge_model)
+    assert v == {"mode_collapse": False, "memorization": False, "quality_gate_passed": True, "reasons": []}
+    assert m["quality_gate_passed"] == 1 and m["modes_covered"] == 10
+    assert 0.9 < m["memorization_ratio"] < 1.1 and 0.9 < m["diversity_ratio"] < 1.1
+    assert abs(m["copying_z"]) < 3
+
+
+def test_one_digit_dataset_is_not_collapse_for_one_digit(mnist, judge_model, tmp_path):
+    """prepare.digits=[7]: real data holds one class, so a generator of 7s covers every mode."""
+    keep_tr, keep_te = mnist.y_train == 7, mnist.y_test == 7
+    sevens = data.Mnist(mnist.x_train[keep_tr], mnist.y_train[keep_tr], mnist.x_test[keep_te], mnist.y_test[keep_te])
+    p = params.EvaluateParams(num_samples=N)
+    gen = table_generator(sevens.x_test[heldout(sevens, p)])
+    m, v = evaluate.evaluate(gen, judge.load(judge_model), sevens, p)[:2]
+    assert m["modes_expected"] == 1 and m["modes_covered"] == 1 and m["class_kl"] < p.kl_max
+    assert not v["mode_collapse"] and not v["memorization"], v
+
+
+def test_cli_scores_any_saved_generator_without_mlflow(mnist, judge_model, tmp_path, monkeypatch):
+    """Noise from an untrained dense net, saved and scored with `--generator PATH --out DIR`."""
+    keras.utils.set_random_seed(0)
+    z = keras.Input((16,))
+    x = keras.layers.Dense(784, activation="tanh", kernel_initializer=keras.initializers.RandomNormal(0, 3))(z)
+    keras.Model(z, keras.layers.Reshape((28, 28, 1))(x)).save(tmp_path / "noise.keras")
+    sub = data.Mnist(mnist.x_train[:5000], mnist.y_train[:5000], mnist.x_test, mnist.y_test)
+    data.save_npz(sub, tmp_path / "data/prepared/mnist.npz")  # the default --data
+    (tmp_path / "params.yaml").write_text("evaluate: {num_samples: 300}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    evaluate.main(["--generator", "noise.keras", "--judge", str(judge_model), "--out", "scored"])
+    m = json.loads((tmp_path / "scored/metrics.json").read_text())
+    v = json.loads((tmp_path / "scored/verdict.json").read_text())
+    assert m["quality_gate_passed"] == 0 and not v["quality_gate_passed"] and v["reasons"]
+    assert any(r.startswith("quality: fcd") for r in v["reasons"])
+    assert m["num_generated"] == 300 and m["memorization_ratio"] > 2
+    for name in ("class_hist.csv", "nearest_train.png", "per_class/class_0.png", "per_class.json"):
+        assert (tmp_path / "scored" / name).is_file(), name
+    assert not (tmp_path / "mlflow.db").exists()  # no run file: nothing tracked
