@@ -55,6 +55,12 @@ test: install-dev system-deps
 serve: install
 	$(BIN)/bentoml serve serving.service:Generator --port $(PORT)
 
+# A Bento of the service and the latest stored generator; containerizing it
+# (`bentoml containerize <tag>`) needs a Docker engine.
+.PHONY: bento
+bento: install
+	$(BIN)/bentoml build -f serving/bentofile.yaml .
+
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"
 
