@@ -178,9 +178,11 @@ def write_figures(out: Path, gen: np.ndarray, train: np.ndarray, details: dict) 
     """Class histogram (CSV for the DVC bar plot), nearest-training-image pairs and per-class grids."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["digit", "generated", "real"])
+    # Long format, one bar per (digit, side): DVC's bar templates take one value field.
+    w.writerow(["digit", "share"])
     for c in range(10):
-        w.writerow([str(c), f"{details['gen_hist'][c]:.4f}", f"{details['real_hist'][c]:.4f}"])
+        w.writerow([f"{c} generated", f"{details['gen_hist'][c]:.4f}"])
+        w.writerow([f"{c} real", f"{details['real_hist'][c]:.4f}"])
     atomic.write_text(out / "class_hist.csv", buf.getvalue())
 
     # Top two rows: the 16 most training-like generated images over their nearest training

@@ -26,6 +26,7 @@ def pipeline_run(tmp_path_factory):
                prepare={"limit": 300},
                train={"steps": STEPS, "batch_size": 32, "sample_every": 3, "log_every": 4, "z_dim": 24,
                       "checkpoint_every": 3, "jit_compile": False},
+               judge={"epochs": 1, "width": 4, "feature_dim": 16},
                evaluate={"num_samples": 64})
     env = env_for(tmp)
     proc = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
@@ -65,6 +66,22 @@ def test_outputs(pipeline_run):
     card = json.loads((project / "export/model_card.json").read_text())
     assert card["z_dim"] == 24 and card["output"]["range"] == [-1.0, 1.0]
     assert card["data_sha256"] == report["data_sha256"] and card["metrics"] == m
+
+    judge = json.loads((project / "reports/judge.json").read_text())
+    assert judge["num_train"] == 300 and 0 <= judge["test_accuracy"] <= 1
+    assert (project / "models/judge.keras").is_file()
+    for key in ("copying_z", "copy_rate_gen", "duplicate_rate_gen", "class_diversity_min", "modes_covered",
+                "modes_expected", "class_kl", "class_entropy_gen", "judge_confidence_gen",
+                "classifier_score_gen", "fcd", "kid", "precision", "recall", "density", "coverage",
+                "mode_collapse", "memorization", "quality_gate_passed"):
+        assert np.isfinite(m[key]), key
+    verdict = json.loads((project / "reports/eval/verdict.json").read_text())
+    assert card["verdict"] == verdict and verdict["quality_gate_passed"] == bool(m["quality_gate_passed"])
+    assert not verdict["quality_gate_passed"] and verdict["reasons"]  # 6 steps make no digits
+    hist = list(csv.DictReader(open(project / "reports/eval/class_hist.csv")))
+    assert [r["digit"] for r in hist] == [f"{d} {side}" for d in range(10) for side in ("generated", "real")]
+    assert sum(float(r["share"]) for r in hist if r["digit"].endswith("real")) == pytest.approx(1, abs=1e-3)
+    assert (project / "reports/eval/nearest_train.png").is_file()
     assert (project / "export/generator/saved_model.pb").is_file()
 
     status = subprocess.run(["dvc", "status"], cwd=project, env=pipeline_run[1], capture_output=True, text=True)
@@ -83,10 +100,14 @@ def test_mlflow_run(pipeline_run, mlflow_client):
     assert "diversity_ratio" in run.data.metrics
     artifacts = {a.path for a in mlflow_client.list_artifacts(run_id)}
     assert "model_card.json" in artifacts
+    evals = {a.path for a in mlflow_client.list_artifacts(run_id, "eval")}
+    assert {"eval/verdict.json", "eval/class_hist.csv", "eval/nearest_train.png"} <= evals
+    assert "fcd" in run.data.metrics and "quality_gate_passed" in run.data.metrics
     samples = [a.path for a in mlflow_client.list_artifacts(run_id, "samples")]
     assert any(p.endswith(".png") for p in samples)
     versions = mlflow_client.search_model_versions("name='mnist-gan-generator'")
     assert [v.run_id for v in versions] == [run_id]
+    assert "champion" not in mlflow_client.get_registered_model("mnist-gan-generator").aliases  # gate failed
     assert json.loads((project / "export/model_card.json").read_text())["mlflow_run_id"] == run_id
 
 
