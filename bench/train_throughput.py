@@ -1,6 +1,6 @@
 """Training throughput: this project's compiled fit() step against a seed-style
-loop (`predict` + `train_on_batch` in Python, as seed 004 does) on the same
-models and batch, measured side by side in one run; for the conv nets also
+loop (`predict` + `train_on_batch` in Python, as seeds 002 and 004 do) on the
+same models, batch and images per step, measured side by side in one run; for the conv nets also
 FLOPs per image and achieved GFLOP/s next to a large matmul's rate.
 
     python bench/train_throughput.py [--archs mlp dcgan dcgan_upsample] [--steps 20] [--repeats 3]
@@ -72,25 +72,31 @@ def ours(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -> floa
 
 def seed_style(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -> float:
     g, d = build_generator(p), build_discriminator(p)
-    d.compile(optimizer=keras.optimizers.Adam(2e-4), loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    d.trainable = False
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)
+    d.compile(optimizer=keras.optimizers.Adam(2e-4), loss=bce)
     z_in = keras.Input((p.z_dim,))
     combined = keras.Model(z_in, d(g(z_in)))
-    combined.compile(optimizer=keras.optimizers.Adam(2e-4), loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    d.trainable = True
+    combined.compile(optimizer=keras.optimizers.Adam(2e-4), loss=bce)
     rng = np.random.default_rng(0)
     real = train.images.from_uint8(x)
-    half = p.batch_size // 2
-    y = np.concatenate([np.ones((half, 1)), np.zeros((half, 1))]).astype(np.float32)
+    n = p.batch_size
+    ones, zeros = np.ones((n, 1), np.float32), np.zeros((n, 1), np.float32)
 
     def step():
-        z = rng.standard_normal((half, p.z_dim)).astype(np.float32)
-        fake = g.predict(z, verbose=0)
-        i = rng.integers(0, len(real) - half)
-        d.train_on_batch(np.concatenate([real[i:i + half], fake]), y)
-        combined.train_on_batch(rng.standard_normal((p.batch_size, p.z_dim)).astype(np.float32),
-                                np.ones((p.batch_size, 1), np.float32))
+        # Seed 002's loop: D on a real batch, then on a generated batch, then G through frozen D;
+        # the same images per step as this project's train_step.
+        i = rng.integers(0, len(real) - n)
+        d.train_on_batch(real[i:i + n], ones)
+        fake = g.predict(rng.standard_normal((n, p.z_dim)).astype(np.float32), verbose=0)
+        d.train_on_batch(fake, zeros)
+        combined.train_on_batch(rng.standard_normal((n, p.z_dim)).astype(np.float32), ones)
 
+    # Each train function captures the trainable weights when first traced:
+    # D's with D trainable, the combined model's with D frozen (the seeds' trick).
+    d.trainable = True
+    d.train_on_batch(real[:n], ones)
+    d.trainable = False
+    combined.train_on_batch(rng.standard_normal((n, p.z_dim)).astype(np.float32), ones)
     for _ in range(3):
         step()
     rates = []
