@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     print(f"cpus {os.cpu_count()}; z_dim {args.z_dim}; {args.repeat} rounds of {args.seconds:g}s; "
           f"service workers {env.get('MNIST_GAN_WORKERS', 1)}, TF threads per op "
-          f"{env.get('MNIST_GAN_TF_THREADS', 1)} (0 = TF default); medians")
+          f"{env.get('MNIST_GAN_TF_THREADS', 1)} (0 = TF default), BentoML batching hold "
+          f"{'on' if env.get('MNIST_GAN_BATCH_HOLD') == '1' else 'off'}; medians")
     for arch in archs:
         tag, saved = store(arch, args.z_dim, tmp)
         bound = in_process(saved, args.z_dim)
