@@ -146,3 +146,20 @@ def test_copying_statistic_is_the_share_weighted_mean_of_per_cell_scipy_tests():
         ws.append(len(r))
     got = metrics.copying_statistic(gen_d, gen_c, real_d, real_c)
     assert got == pytest.approx(np.average(zs, weights=ws), rel=1e-6)
+
+
+def test_portable_kernel_matches_cdist():
+    """The non-x86 path, run here through a small numba wrapper."""
+    import numba
+
+    @numba.njit
+    def all_pairs(a, b):
+        out = np.empty((a.shape[0], b.shape[0]), np.int64)
+        for i in range(a.shape[0]):
+            for j in range(b.shape[0]):
+                out[i, j] = metrics._sad_portable(a, i, b, j)
+        return out
+
+    a = rng.integers(0, 256, (9, 784), dtype=np.uint8)
+    b = rng.integers(0, 256, (13, 784), dtype=np.uint8)
+    np.testing.assert_array_equal(all_pairs(a, b), cdist(a.astype(float), b.astype(float), "cityblock"))
