@@ -34,12 +34,9 @@ BOUND_BATCH = 64
 
 def build(arch: str, z_dim: int):
     from pipeline.models import build_generator
+    from pipeline.params import TrainParams
 
-    try:  # the builder takes the train params section
-        from pipeline.params import TrainParams
-        return build_generator(TrainParams(arch=arch, z_dim=z_dim))
-    except ImportError:  # the builder of the first skeleton
-        return build_generator(arch, z_dim)
+    return build_generator(TrainParams(arch=arch, z_dim=z_dim))
 
 
 def store(arch: str, z_dim: int, tmp: Path) -> tuple[str, Path]:

@@ -101,13 +101,10 @@ import json, sys, tempfile
 from pathlib import Path
 from pipeline.export import export_saved_model, model_card, save_to_bentoml
 from pipeline.models import build_generator
+from pipeline.params import TrainParams
 
 arch, z_dim, extra = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-try:  # the builder takes the train params section
-    from pipeline.params import TrainParams
-    gen = build_generator(TrainParams(arch=arch, z_dim=z_dim))
-except ImportError:  # the builder of the first skeleton
-    gen = build_generator(arch, z_dim)
+gen = build_generator(TrainParams(arch=arch, z_dim=z_dim))
 tmp = Path(tempfile.mkdtemp())
 export_saved_model(gen, tmp / "generator")
 card = model_card(gen, {"run_id": "test-run"}, {"diversity_ratio": 0.9}, {"data_sha256": "0" * 64},

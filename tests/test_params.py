@@ -11,7 +11,7 @@ def test_repo_params_are_valid():
 
 
 def test_repo_params_hold_the_seed_defaults():
-    # Two deliberate departures, measured and commented in params.yaml.
+    # One deliberate departure, measured and commented in params.yaml.
     repo = params.load("train", "params.yaml").model_dump(exclude={"steps"})
     assert repo["mlp"]["optimizer"].pop("beta_1") == 0.5
     seeds = params.TrainParams().model_dump(exclude={"steps"})
