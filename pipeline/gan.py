@@ -31,13 +31,21 @@ class GAN(keras.Model):
         super().compile(**kw)
         self.d_optimizer = d_optimizer
         self.g_optimizer = g_optimizer
+        # Slot variables made now, in the strategy's scope, not lazily inside the
+        # compiled step (where MirroredStrategy cannot create them).
+        d_optimizer.build(self.discriminator.trainable_variables)
+        g_optimizer.build(self.generator.trainable_variables)
 
     def call(self, z, training=False):
         return self.generator(z, training=training)
 
     def _seed(self, purpose: int):
+        # Under MirroredStrategy each replica draws its own noise; replica 0 (and a
+        # single-device run) draws exactly what it would alone.
         step = tf.cast(self.g_optimizer.iterations, tf.int32)
-        return tf.stack([tf.constant(self.noise_seed, tf.int32), step * 64 + purpose])
+        replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32)
+        base = tf.bitwise.bitwise_xor(tf.constant(self.noise_seed, tf.int32), replica * 0x9E3779B)
+        return tf.stack([base, step * 64 + purpose])
 
     def _z(self, n, purpose: int):
         return tf.random.stateless_normal((n, self.z_dim), seed=self._seed(purpose))
@@ -46,6 +54,9 @@ class GAN(keras.Model):
         # The batch holds n_critic slices of real images, one per critic update.
         batch = tf.shape(real)[0] // self.n_critic
         kind = self.loss_kind
+        # Replicas' gradients are summed, so each differentiates its loss over the
+        # replica count (as keras does for compiled losses); 1 outside a strategy.
+        scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
         d_vars, g_vars = self.discriminator.trainable_weights, self.generator.trainable_weights
         for i in range(self.n_critic):
             x = real[i * batch:(i + 1) * batch]
@@ -58,7 +69,8 @@ class GAN(keras.Model):
                     alpha = tf.random.stateless_uniform((batch, 1, 1, 1), seed=self._seed(2 * i + 1))
                     penalty = losses.gradient_penalty(self.discriminator, x, fake, alpha)
                     d_loss += self.gp_weight * penalty
-            d_grads = tape.gradient(d_loss, d_vars)
+                scaled = d_loss * scale
+            d_grads = tape.gradient(scaled, d_vars)
             self.d_optimizer.apply_gradients(zip(d_grads, d_vars))
             if self.clip:
                 for v in d_vars:
@@ -67,11 +79,13 @@ class GAN(keras.Model):
         with tf.GradientTape() as tape:
             fake_out_g = self.discriminator(self.generator(self._z(batch, 63), training=True), training=True)
             g_loss = losses.g_loss(kind, fake_out_g)
-        g_grads = tape.gradient(g_loss, g_vars)
+            scaled = g_loss * scale
+        g_grads = tape.gradient(scaled, g_vars)
         self.g_optimizer.apply_gradients(zip(g_grads, g_vars))
 
         out = {"d_loss": d_loss, "g_loss": g_loss,
-               "d_grad_norm": tf.linalg.global_norm(d_grads), "g_grad_norm": tf.linalg.global_norm(g_grads)}
+               "d_grad_norm": tf.linalg.global_norm(d_grads) / scale,
+               "g_grad_norm": tf.linalg.global_norm(g_grads) / scale}
         if kind in ("wgan", "wgan-gp"):
             # The critic's estimate of the Wasserstein distance (up to a constant).
             out["w_estimate"] = tf.reduce_mean(real_out) - tf.reduce_mean(fake_out)

@@ -107,6 +107,7 @@ class TrainParams(_Section):
     checkpoint_every: int = Field(500, ge=1)
     oscillation_window: int = Field(200, ge=2)
     jit_compile: Literal["auto", True, False] = "auto"
+    strategy: Literal["default", "mirrored"] = "default"  # mirrored: data-parallel over every GPU (else every CPU device)
     mlp: MLPArch = MLPArch()
     dcgan: DCGANArch = DCGANArch()
     dcgan_upsample: DCGANUpsampleArch = DCGANUpsampleArch()
@@ -127,7 +128,10 @@ class TrainParams(_Section):
     @property
     def use_jit(self) -> bool:
         # Measured on a 2-core CPU: XLA made the MLP step faster and the conv nets slower.
-        return self.arch == "mlp" if self.jit_compile == "auto" else bool(self.jit_compile)
+        # XLA cannot compile a step whose variables live on several devices.
+        if self.jit_compile == "auto":
+            return self.arch == "mlp" and self.strategy == "default"
+        return bool(self.jit_compile)
 
     def flat(self) -> dict[str, object]:
         """The params in effect, flat, as MLflow logs them (only the chosen arch and loss)."""
@@ -144,6 +148,7 @@ class TrainParams(_Section):
                   "checkpoint_every", "oscillation_window"):
             out[f"train.{k}"] = getattr(self, k)
         out["train.jit_compile"] = self.use_jit
+        out["train.strategy"] = self.strategy
         walk(f"train.{self.arch}", self.arch_params)
         walk(f"train.losses.{self.loss.replace('-', '_')}", self.loss_params)
         walk("train.optimizer", self.optimizer)
@@ -151,6 +156,9 @@ class TrainParams(_Section):
 
     @model_validator(mode="after")
     def _layer_lists_agree(self):
+        if self.jit_compile is True and self.strategy == "mirrored":
+            raise ValueError("train.jit_compile: true cannot run under train.strategy: mirrored (XLA needs the variables "
+                             "on one device); use auto or false")
         a = self.dcgan
         if len(a.g_filters) != len(a.g_strides) or len(a.d_filters) != len(a.d_strides):
             raise ValueError("dcgan: g_filters/g_strides and d_filters/d_strides must have equal lengths")

@@ -46,8 +46,19 @@ def _optimizer(o: params.OptimizerParams, lr: float):
     return keras.optimizers.RMSprop(lr)
 
 
+def strategy(p: params.TrainParams):
+    """The tf.distribute strategy for `train.strategy`: mirrored runs data-parallel
+    over every GPU, or over every CPU device where there is none."""
+    import tensorflow as tf
+
+    if p.strategy == "default":
+        return tf.distribute.get_strategy()
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
 def build(p: params.TrainParams):
-    """The compiled GAN for these params."""
+    """The compiled GAN for these params, its variables made in `strategy(p)`'s scope."""
     import keras
 
     from pipeline.gan import GAN
@@ -55,10 +66,11 @@ def build(p: params.TrainParams):
 
     keras.utils.set_random_seed(p.seed)
     lp, o = p.loss_params, p.optimizer
-    gan = GAN(build_generator(p), build_discriminator(p), p.z_dim, p.seed,
-              loss=p.loss, n_critic=lp.n_critic, clip=lp.clip if p.loss == "wgan" else None,
-              gp_weight=lp.gp_weight if p.loss == "wgan-gp" else 0.0)
-    gan.compile(d_optimizer=_optimizer(o, o.d_lr), g_optimizer=_optimizer(o, o.g_lr), jit_compile=p.use_jit)
+    with strategy(p).scope():
+        gan = GAN(build_generator(p), build_discriminator(p), p.z_dim, p.seed,
+                  loss=p.loss, n_critic=lp.n_critic, clip=lp.clip if p.loss == "wgan" else None,
+                  gp_weight=lp.gp_weight if p.loss == "wgan-gp" else 0.0)
+        gan.compile(d_optimizer=_optimizer(o, o.d_lr), g_optimizer=_optimizer(o, o.g_lr), jit_compile=p.use_jit)
     return gan
 
 
@@ -131,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     ds = data.load_prepared(args.data)
     reports = Path(args.reports)
     gan = build(p)
+    if p.strategy != "default":
+        print(f"train: {p.strategy} over {gan.distribute_strategy.num_replicas_in_sync} devices")
     state = TrainState(args.checkpoints, gan, fingerprint(p.model_dump(mode="json"), args.data))
     resumed = state.restore()
     start, rows = resumed if resumed else (0, [])

@@ -35,6 +35,8 @@ def test_defaults_fill_missing_section():
     ("train", {"losses": {"wgan": {"n_critic": 0}}}, "train.losses.wgan.n_critic"),
     ("train", {"dcgan": {"g_strides": [2, 2, 2, 1]}}, "expected 28x28"),
     ("train", {"steps": 0}, "train.steps"),
+    ("train", {"strategy": "horovod"}, "'default' or 'mirrored'"),
+    ("train", {"strategy": "mirrored", "jit_compile": True}, "train.jit_compile: true cannot run under train.strategy"),
     ("evaluate", {"num_samples": "many"}, "evaluate.num_samples"),
 ])
 def test_bad_values_name_the_key(section, raw, needle):
