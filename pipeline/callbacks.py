@@ -112,7 +112,7 @@ class SampleGrid(keras.callbacks.Callback):
     def write(self, step: int) -> Path:
         from pipeline.metrics import mean_pairwise_l1
 
-        pixels = images.to_uint8(self.model.generator(self.z, training=False).numpy())
+        pixels = images.to_uint8(self.model.sampler(self.z, training=False).numpy())
         path = self.out_dir / f"step_{step:06d}.png"
         images.save_png(images.grid(pixels[:16], cols=4), path, scale=2)
         _log_metrics(self.run_id, [("sample_pairwise_l1", mean_pairwise_l1(pixels), step)])

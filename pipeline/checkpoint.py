@@ -30,8 +30,11 @@ class TrainState:
         self.dir = Path(directory)
         self.gan = gan
         self.fingerprint = fingerprint
-        self.ckpt = tf.train.Checkpoint(generator=gan.generator, discriminator=gan.discriminator,
-                                        d_optimizer=gan.d_optimizer, g_optimizer=gan.g_optimizer)
+        parts = dict(generator=gan.generator, discriminator=gan.discriminator,
+                     d_optimizer=gan.d_optimizer, g_optimizer=gan.g_optimizer)
+        if gan.ema_generator is not None:
+            parts["ema_generator"] = gan.ema_generator
+        self.ckpt = tf.train.Checkpoint(**parts)
         self.keep = keep
         self.manager: tf.train.CheckpointManager | None = None
         self.run_id: str | None = None
@@ -48,9 +51,6 @@ class TrainState:
         meta = self._meta()
         latest = tf.train.latest_checkpoint(self.dir) if self.dir.is_dir() else None
         if latest and meta.get("fingerprint") == self.fingerprint and not meta.get("complete"):
-            # Optimizer slots exist only once built; build them so restore fills them now.
-            self.gan.d_optimizer.build(self.gan.discriminator.trainable_variables)
-            self.gan.g_optimizer.build(self.gan.generator.trainable_variables)
             self.ckpt.restore(latest).assert_existing_objects_matched()
             step = int(self.gan.g_optimizer.iterations.numpy())
             rows = [r for r in json.loads((self.dir / "history.json").read_text()) if r["step"] <= step]

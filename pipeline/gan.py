@@ -15,9 +15,18 @@ from pipeline import losses
 
 class GAN(keras.Model):
     def __init__(self, generator: keras.Model, discriminator: keras.Model, z_dim: int, seed: int,
-                 loss: str = "bce", n_critic: int = 1, clip: float | None = None, gp_weight: float = 0.0):
+                 loss: str = "bce", n_critic: int = 1, clip: float | None = None, gp_weight: float = 0.0,
+                 ema: float = 0.0):
         super().__init__()
         self.generator = generator
+        # An exponential moving average of G's weights (Yazici et al. 2019): what the
+        # samples, the saved model and the export use when `ema` > 0. Training never reads it.
+        self.ema = ema
+        self.ema_generator = None
+        if ema:
+            self.ema_generator = keras.models.clone_model(generator)
+            self.ema_generator.set_weights(generator.get_weights())
+            self.ema_generator.trainable = False
         self.discriminator = discriminator
         self.z_dim = z_dim
         self.noise_seed = seed
@@ -36,8 +45,21 @@ class GAN(keras.Model):
         d_optimizer.build(self.discriminator.trainable_variables)
         g_optimizer.build(self.generator.trainable_variables)
 
+    @property
+    def sampler(self) -> keras.Model:
+        """The generator that samples: the moving average where there is one."""
+        return self.ema_generator or self.generator
+
     def call(self, z, training=False):
-        return self.generator(z, training=training)
+        return self.sampler(z, training=False)
+
+    def _update_ema(self):
+        # Warm-up as tf.train.ExponentialMovingAverage's num_updates: the average
+        # forgets the random initial weights within the first hundred steps.
+        t = tf.cast(self.g_optimizer.iterations, tf.float32)
+        decay = tf.minimum(self.ema, (1.0 + t) / (10.0 + t))
+        for avg, w in zip(self.ema_generator.weights, self.generator.weights):
+            avg.assign(decay * avg + (1.0 - decay) * tf.cast(w, avg.dtype))
 
     def _seed(self, purpose: int):
         # Under MirroredStrategy each replica draws its own noise; replica 0 (and a
@@ -82,6 +104,8 @@ class GAN(keras.Model):
             scaled = g_loss * scale
         g_grads = tape.gradient(scaled, g_vars)
         self.g_optimizer.apply_gradients(zip(g_grads, g_vars))
+        if self.ema_generator is not None:
+            self._update_ema()
 
         out = {"d_loss": d_loss, "g_loss": g_loss,
                "d_grad_norm": tf.linalg.global_norm(d_grads) / scale,

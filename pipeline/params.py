@@ -107,6 +107,7 @@ class TrainParams(_Section):
     checkpoint_every: int = Field(500, ge=1)
     oscillation_window: int = Field(200, ge=2)
     jit_compile: Literal["auto", True, False] = "auto"
+    ema: float = Field(0.0, ge=0, lt=1)  # decay of the generator's weight average (0: none)
     strategy: Literal["default", "mirrored"] = "default"  # mirrored: data-parallel over every GPU (else every CPU device)
     mlp: MLPArch = MLPArch()
     dcgan: DCGANArch = DCGANArch()
@@ -145,7 +146,7 @@ class TrainParams(_Section):
                 out[prefix] = obj
 
         for k in ("arch", "loss", "z_dim", "steps", "batch_size", "seed", "sample_every", "log_every",
-                  "checkpoint_every", "oscillation_window"):
+                  "checkpoint_every", "oscillation_window", "ema"):
             out[f"train.{k}"] = getattr(self, k)
         out["train.jit_compile"] = self.use_jit
         out["train.strategy"] = self.strategy

@@ -69,7 +69,7 @@ def build(p: params.TrainParams):
     with strategy(p).scope():
         gan = GAN(build_generator(p), build_discriminator(p), p.z_dim, p.seed,
                   loss=p.loss, n_critic=lp.n_critic, clip=lp.clip if p.loss == "wgan" else None,
-                  gp_weight=lp.gp_weight if p.loss == "wgan-gp" else 0.0)
+                  gp_weight=lp.gp_weight if p.loss == "wgan-gp" else 0.0, ema=p.ema)
         gan.compile(d_optimizer=_optimizer(o, o.d_lr), g_optimizer=_optimizer(o, o.g_lr), jit_compile=p.use_jit)
     return gan
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         if gif:
             mlflow.log_artifact(str(gif), "samples")
         with atomic.atomic_path(args.model) as tmp:
-            gan.generator.save(tmp)
+            gan.sampler.save(tmp)
         atomic.write_json(args.run_file, tracking.run_record(active))
         state.mark_complete()
     print(f"train: {p.steps} steps of {p.arch}/{p.loss}; generator -> {args.model}")

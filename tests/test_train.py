@@ -68,6 +68,25 @@ def test_every_arch_and_loss_trains(tmp_path, arch):
         assert ("gradient_penalty" in last) == (loss == "wgan-gp")
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_ema_generator_averages_weights_and_is_what_samples(tmp_path, jit):
+    from pipeline import train
+
+    p = params.TrainParams(arch="mlp", steps=1, batch_size=4, z_dim=8, jit_compile=jit, ema=0.9)
+    gan = train.build(p)
+    before = gan.generator.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, gan.ema_generator.get_weights()))
+    train.fit(gan, p, rng.integers(0, 256, (40, 28, 28), dtype=np.uint8), tmp_path, verbose=0)
+    after = gan.generator.get_weights()
+    decay = min(0.9, 2 / 11)  # the warm-up at step 1
+    for avg, w0, w1 in zip(gan.ema_generator.get_weights(), before, after):
+        np.testing.assert_allclose(avg, decay * w0 + (1 - decay) * w1, rtol=1e-5, atol=1e-7)
+    assert not all(np.array_equal(a, b) for a, b in zip(after, gan.ema_generator.get_weights()))
+    assert gan.sampler is gan.ema_generator
+    z = np.ones((2, 8), np.float32)
+    np.testing.assert_array_equal(gan(z).numpy(), gan.ema_generator(z, training=False).numpy())
+
+
 def test_wgan_clips_critic_weights(tmp_path):
     from pipeline import train
 
@@ -169,7 +188,7 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
 
 
 RESUME_PARAMS = ("train: {steps: 120, batch_size: 8, z_dim: 16, seed: 3, sample_every: 40, log_every: 7,"
-                 " checkpoint_every: 10, jit_compile: false}\n")
+                 " checkpoint_every: 10, jit_compile: false, ema: 0.99}\n")
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +263,12 @@ def test_interrupt_and_kill_then_resume_exactly(tmp_path, uninterrupted):
     assert len(client.search_runs([client.get_experiment_by_name("mnist-gan").experiment_id])) == 1
     grids = sorted(p.name for p in (d / "reports/train/samples").iterdir())
     assert grids == ["step_000040.png", "step_000080.png", "step_000120.png"]
+    # The saved generator (the weight average, restored with the checkpoint) is the same too.
+    import keras
+
+    resumed, straight = (keras.models.load_model(x / "models/generator.keras", compile=False)
+                         for x in (d, uninterrupted))
+    assert all(np.array_equal(a, b) for a, b in zip(resumed.get_weights(), straight.get_weights()))
 
     # Finished: the same command starts a fresh run (in a new MLflow run).
     again = subprocess.run(train_cmd(d), env=env_for(d), capture_output=True, text=True)
