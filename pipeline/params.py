@@ -180,7 +180,7 @@ class JudgeParams(_Section):
     epochs: int = Field(3, ge=1, le=100)
     batch_size: int = Field(128, ge=8, le=4096)
     learning_rate: float = Field(3e-3, gt=0, lt=1)
-    width: int = Field(16, ge=4, le=256)
+    width: int = Field(8, ge=4, le=256)
     feature_dim: int = Field(128, ge=8, le=1024)
     seed: int = Field(0, ge=0)
 

@@ -91,7 +91,8 @@ def fit(gan, p: params.TrainParams, x: np.ndarray, reports: Path, state=None, ru
         cbs.append(cb.Checkpoint(state, p.checkpoint_every, history, guard))
     if start < p.steps:
         ds = dataset(x, p.batch_size * p.loss_params.n_critic, p.seed, skip_batches=start)
-        gan.fit(ds, epochs=1, steps_per_epoch=p.steps - start, callbacks=cbs, verbose=verbose)
+        # shuffle=False: the dataset shuffles itself (keras warns that it would ignore True).
+        gan.fit(ds, epochs=1, steps_per_epoch=p.steps - start, callbacks=cbs, verbose=verbose, shuffle=False)
     if guard.bad_step is not None:
         kept = f"; the last good checkpoint (step {cbs[-1].last}) is kept" if state is not None and cbs[-1].last > 0 else ""
         raise StageError(f"train: {', '.join(guard.bad_keys)} became NaN or inf at step {guard.bad_step}{kept}")
