@@ -144,5 +144,6 @@ def main() -> None:
         print(f"{arch:16}{a:12.0f}{b:18.0f}{a / b:8.2f}x{flops / 1e6:11.1f}{achieved:9.1f}{achieved / peak:10.0%}"
               f"{peak:16.1f}", flush=True)
 
+
 if __name__ == "__main__":
     main()
