@@ -17,12 +17,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+from pipeline import params, train  # noqa: E402  (first: it sets TensorFlow's environment, oneDNN on, before TF loads)
+from pipeline.models import build_discriminator, build_generator  # noqa: E402
+
+import keras  # noqa: E402,I001
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-from pipeline import params, train  # noqa: E402
-from pipeline.models import build_discriminator, build_generator  # noqa: E402
 
 
 def forward_flops(model: keras.Model) -> int:
