@@ -173,8 +173,9 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
 
     p = params.TrainParams(arch="mlp", steps=20, batch_size=4, z_dim=8, checkpoint_every=3, jit_compile=False)
     gan = train.build(p)
-    # bce calls D three times a step (real, fake, G's fake): NaN appears in step 8.
-    gan.discriminator = Poison.wrap(gan.discriminator, after=3 * 7)
+    # bce calls D twice a step (real and fake in one joint pass, then G's fake), three
+    # times without the joint pass: NaN appears in step 8.
+    gan.discriminator = Poison.wrap(gan.discriminator, after=(2 if gan.d_joint else 3) * 7)
     state = TrainState(tmp_path / "ckpt", gan, "fp")
     state.run_id = None
     with pytest.raises(StageError, match=r"NaN or inf at step 8; the last good checkpoint \(step 6\) is kept"):
