@@ -3,7 +3,12 @@ loop (`predict` + `train_on_batch` in Python, as seeds 002 and 004 do) on the
 same models, batch and images per step, measured in one run (each loop in its own process); also
 FLOPs per image and achieved GFLOP/s next to a large matmul's rate.
 
-    python bench/train_throughput.py [--archs mlp dcgan dcgan_upsample] [--steps 20] [--repeats 3]
+    python bench/train_throughput.py [--archs mlp dcgan dcgan_upsample] [--steps 20] [--repeats 3] [--processes 3]
+
+Each loop runs in --processes fresh processes, alternating with the other
+loop, and the median over them is printed: on this 2-core machine a process
+now and then ran its convolutions at half speed throughout (DCGAN 63 against
+126 images/s, CPU 117% against 170%), so one process per loop is not enough.
 """
 from __future__ import annotations
 
@@ -117,6 +122,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--processes", type=int, default=3, help="fresh processes per loop; the median is printed")
     ap.add_argument("--child", choices=["ours", "seed"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:  # one measurement in a fresh process; prints img/s and the matmul rate
@@ -129,20 +135,23 @@ def main() -> None:
     # Each loop runs in its own process: an XLA-compiled step left the next model's
     # conv steps in the same process twice as slow (dcgan 63 -> 31 img/s).
     print(f"{'arch':16}{'ours img/s':>12}{'seed-style img/s':>18}{'ratio':>8}{'MFLOP/img':>11}{'GFLOP/s':>9}"
-          f"{'of matmul':>11}{'matmul GFLOP/s':>16}", flush=True)
+          f"{'of matmul':>11}{'matmul GFLOP/s':>16}  ours / seed-style per process", flush=True)
     for arch in args.archs:
-        run = {}
-        for side in ("ours", "seed"):
-            out = subprocess.run([sys.executable, __file__, "--child", side, "--archs", arch, "--steps", str(args.steps),
-                                  "--repeats", str(args.repeats), "--batch-size", str(args.batch_size)],
-                                 check=True, capture_output=True, text=True).stdout
-            run[side] = json.loads(out.strip().splitlines()[-1])
+        run = {"ours": [], "seed": []}
+        for _ in range(args.processes):
+            for side in ("ours", "seed"):
+                out = subprocess.run([sys.executable, __file__, "--child", side, "--archs", arch, "--steps",
+                                      str(args.steps), "--repeats", str(args.repeats), "--batch-size",
+                                      str(args.batch_size)], check=True, capture_output=True, text=True).stdout
+                run[side].append(json.loads(out.strip().splitlines()[-1]))
         p = params.TrainParams(arch=arch, batch_size=args.batch_size)
-        a, b, peak = run["ours"]["rate"], run["seed"]["rate"], run["ours"]["peak"]
+        a, b = (statistics.median(r["rate"] for r in run[side]) for side in ("ours", "seed"))
+        peak = statistics.median(r["peak"] for r in run["ours"])
         flops = step_flops(build_generator(p), build_discriminator(p))
         achieved = a * flops / 1e9
+        spread = " ".join(f"{r['rate']:.0f}" for r in run["ours"]) + " / " + " ".join(f"{r['rate']:.0f}" for r in run["seed"])
         print(f"{arch:16}{a:12.0f}{b:18.0f}{a / b:8.2f}x{flops / 1e6:11.1f}{achieved:9.1f}{achieved / peak:10.0%}"
-              f"{peak:16.1f}", flush=True)
+              f"{peak:16.1f}  {spread}", flush=True)
 
 
 if __name__ == "__main__":
