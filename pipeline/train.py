@@ -169,8 +169,10 @@ def main(argv: list[str] | None = None) -> None:
         gif = progress_gif(reports / "samples", reports / "progress.gif")
         if gif:
             mlflow.log_artifact(str(gif), "samples")
+        from pipeline.gan import standing_statistics
+
         with atomic.atomic_path(args.model) as tmp:
-            gan.sampler.save(tmp)
+            standing_statistics(gan.sampler, p.seed).save(tmp)
         atomic.write_json(args.run_file, tracking.run_record(active))
         state.mark_complete()
     print(f"train: {p.steps} steps of {p.arch}/{p.loss}; generator -> {args.model}")

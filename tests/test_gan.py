@@ -33,3 +33,33 @@ def test_joint_pass_only_without_batch_statistics_in_d():
     assert train.build(params.TrainParams(arch="dcgan")).d_joint
     bn = params.TrainParams.model_validate({"arch": "dcgan_upsample", "dcgan_upsample": {"d_bn_momentum": 0.9}})
     assert not train.build(bn).d_joint
+
+
+@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
+def test_standing_statistics_make_inference_match_batch_statistics(arch):
+    import keras
+
+    from pipeline.gan import standing_statistics
+
+    g = train.build(params.TrainParams(arch=arch, ema=0.0, jit_compile=False)).generator
+    before = g.get_weights()
+    settled = standing_statistics(g, seed=3, samples=4096, batch=1024)
+    # The original is untouched, the copy differs only in its BatchNorm statistics.
+    assert all(np.array_equal(a, b) for a, b in zip(before, g.get_weights()))
+    z = np.random.default_rng(9).standard_normal((2048, g.input_shape[-1])).astype("float32")
+    gap_before = np.abs(g(z, training=False).numpy() - g(z, training=True).numpy()).mean()
+    gap_after = np.abs(settled(z, training=False).numpy() - g(z, training=True).numpy()).mean()
+    assert gap_after < gap_before / 10, (gap_before, gap_after)
+    for a, b in zip(g.trainable_weights, settled.trainable_weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert [l.momentum for l in settled.layers if isinstance(l, keras.layers.BatchNormalization)] == \
+        [l.momentum for l in g.layers if isinstance(l, keras.layers.BatchNormalization)]
+
+
+def test_standing_statistics_leave_a_generator_without_batchnorm_as_is():
+    import keras
+
+    from pipeline.gan import standing_statistics
+
+    g = keras.Sequential([keras.Input((4,)), keras.layers.Dense(784, activation="tanh"), keras.layers.Reshape((28, 28, 1))])
+    assert standing_statistics(g, seed=0) is g
