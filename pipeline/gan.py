@@ -148,6 +148,8 @@ def standing_statistics(generator: keras.Model, seed: int, samples: int = 4096, 
     settled.set_weights(generator.get_weights())
     norms = [layer for layer in settled.layers if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in norms]
+    for layer in norms:  # a frozen BatchNormalization layer keeps its statistics even in training mode
+        layer.trainable = True
     rng = np.random.default_rng(seed)
     z_dim = generator.input_shape[-1]
     for k in range(max(1, samples // batch)):

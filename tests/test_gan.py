@@ -41,12 +41,16 @@ def test_standing_statistics_make_inference_match_batch_statistics(arch):
 
     from pipeline.gan import standing_statistics
 
-    g = train.build(params.TrainParams(arch=arch, ema=0.0, jit_compile=False)).generator
+    # The weight average: what the stage saves, and frozen (trainable False).
+    g = train.build(params.TrainParams(arch=arch, ema=0.999, jit_compile=False)).sampler
+    assert not g.trainable
     before = g.get_weights()
     settled = standing_statistics(g, seed=3, samples=4096, batch=1024)
     # The original is untouched, the copy differs only in its BatchNorm statistics.
     assert all(np.array_equal(a, b) for a, b in zip(before, g.get_weights()))
     z = np.random.default_rng(9).standard_normal((2048, g.input_shape[-1])).astype("float32")
+    for layer in g.layers:  # for its batch statistics below
+        layer.trainable = True
     gap_before = np.abs(g(z, training=False).numpy() - g(z, training=True).numpy()).mean()
     gap_after = np.abs(settled(z, training=False).numpy() - g(z, training=True).numpy()).mean()
     assert gap_after < gap_before / 10, (gap_before, gap_after)
