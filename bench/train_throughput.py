@@ -68,9 +68,9 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 def ours(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -> float:
     """The median rate over `repeats` windows of `steps` steps inside one fit(), after 3 steps
-    of tracing. Timed between steps: the loop is what a training run repeats, while each
-    fit() call's start and its tf.data iterator's teardown (which can wait for the autotune
-    thread's next wake-up, 0.6 s on a 2 s call) happen once per run."""
+    of tracing. Timed between steps: the loop is what a training run repeats, while a fit()
+    call's start and end happen once per run (its iterator's teardown had waited up to 0.6 s
+    for tf.data's autotune thread, before `train.dataset` turned autotuning off)."""
     gan = train.build(p)
     ds = train.dataset(x, p.batch_size, p.seed)
     marks: list[float] = []
