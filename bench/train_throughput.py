@@ -1,9 +1,16 @@
 """Training throughput: this project's compiled fit() step against a seed-style
-loop (`predict` + `train_on_batch` in Python, as seeds 002 and 004 do) on the
-same models, batch and images per step, measured in one run (each loop in its own process); also
-FLOPs per image and achieved GFLOP/s next to a large matmul's rate.
+loop (`predict` + `train_on_batch` in Python: seed 004's for the MLP, seed
+002's for the conv nets) on the same models, batch and images per step,
+measured in one run (each loop in its own process); also FLOPs per image and
+achieved GFLOP/s next to a large matmul's rate.
 
-    python bench/train_throughput.py [--archs mlp dcgan dcgan_upsample] [--steps 20] [--repeats 3] [--processes 3]
+    python bench/train_throughput.py [--archs mlp dcgan dcgan_upsample] [--batch-sizes 32 64 256]
+                                     [--steps 20] [--repeats 3] [--processes 3]
+
+Without --batch-sizes the MLP runs at seed 004's batch (32), 64 and the
+pipeline's (256), the conv nets at 64. `ceiling` is the ratio a step running
+at the large matmul's rate would reach: where the seed-style loop is itself
+mostly compute (large batches), no loop can be 5x faster on that machine.
 
 Each loop runs in --processes fresh processes, alternating with the other
 loop, and the median over them is printed: on this 2-core machine a process
@@ -87,6 +94,9 @@ def ours(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -> floa
 
 
 def seed_style(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -> float:
+    """The seeds' loop with this project's images per step (n real and n generated
+    for D, n for G): seed 004 (the MLP) trains D on the real and generated
+    images concatenated, seed 002 (the conv nets) on each in turn."""
     g, d = build_generator(p), build_discriminator(p)
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
     d.compile(optimizer=keras.optimizers.Adam(2e-4), loss=bce)
@@ -97,20 +107,23 @@ def seed_style(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -
     real = train.images.from_uint8(x)
     n = p.batch_size
     ones, zeros = np.ones((n, 1), np.float32), np.zeros((n, 1), np.float32)
+    both = np.concatenate([ones, zeros])
+    concatenated = p.arch == "mlp"
 
     def step():
-        # Seed 002's loop: D on a real batch, then on a generated batch, then G through frozen D;
-        # the same images per step as this project's train_step.
         i = rng.integers(0, len(real) - n)
-        d.train_on_batch(real[i:i + n], ones)
         fake = g.predict(rng.standard_normal((n, p.z_dim)).astype(np.float32), verbose=0)
-        d.train_on_batch(fake, zeros)
+        if concatenated:  # seed 004: one D batch of real and generated images
+            d.train_on_batch(np.concatenate([real[i:i + n], fake]), both)
+        else:  # seed 002: D on a real batch, then on a generated one
+            d.train_on_batch(real[i:i + n], ones)
+            d.train_on_batch(fake, zeros)
         combined.train_on_batch(rng.standard_normal((n, p.z_dim)).astype(np.float32), ones)
 
     # Each train function captures the trainable weights when first traced:
     # D's with D trainable, the combined model's with D frozen (the seeds' trick).
     d.trainable = True
-    d.train_on_batch(real[:n], ones)
+    d.train_on_batch(*((real[:2 * n], both) if concatenated else (real[:n], ones)))
     d.trainable = False
     combined.train_on_batch(rng.standard_normal((n, p.z_dim)).astype(np.float32), ones)
     for _ in range(3):
@@ -124,42 +137,56 @@ def seed_style(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -
     return statistics.median(rates)
 
 
+# Batch sizes when --batch-sizes is not given: the MLP at seed 004's 32, at 64
+# and at the pipeline's 256; the conv nets (a second or more per step) at 64.
+BATCHES = {"mlp": [32, 64, 256], "dcgan": [64], "dcgan_upsample": [64]}
+
+
+def window_steps(arch: str, batch: int, steps: int) -> int:
+    """Steps per timed window: `steps` x 64 images (x 10 for the fast MLP)."""
+    return max(1, steps * (10 if arch == "mlp" else 1) * 64 // batch)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", nargs="+", default=["mlp", "dcgan", "dcgan_upsample"])
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=20, help="steps of 64 images per timed window (x10 for the MLP)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-sizes", nargs="+", type=int, help="default: " + str(BATCHES))
     ap.add_argument("--processes", type=int, default=3, help="fresh processes per loop; the median is printed")
     ap.add_argument("--child", choices=["ours", "seed"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:  # one measurement in a fresh process; prints img/s and the matmul rate
         x = np.random.default_rng(0).integers(0, 256, (4096, 28, 28), dtype=np.uint8)
-        p = params.TrainParams(arch=args.archs[0], batch_size=args.batch_size)
-        steps = args.steps * (10 if p.arch == "mlp" else 1)
+        p = params.TrainParams(arch=args.archs[0], batch_size=args.batch_sizes[0])
+        steps = window_steps(p.arch, p.batch_size, args.steps)
         rate = (ours if args.child == "ours" else seed_style)(p, x, steps, args.repeats)
         print(json.dumps({"rate": rate, "peak": matmul_gflops()}))
         return
     # Each loop runs in its own process: an XLA-compiled step left the next model's
     # conv steps in the same process twice as slow (dcgan 63 -> 31 img/s).
-    print(f"{'arch':16}{'ours img/s':>12}{'seed-style img/s':>18}{'ratio':>8}{'MFLOP/img':>11}{'GFLOP/s':>9}"
-          f"{'of matmul':>11}{'matmul GFLOP/s':>16}  ours / seed-style per process", flush=True)
+    print(f"{'arch':16}{'batch':>6}{'ours img/s':>12}{'seed-style img/s':>18}{'ratio':>8}{'ceiling':>9}"
+          f"{'MFLOP/img':>11}{'GFLOP/s':>9}{'of matmul':>11}{'matmul GFLOP/s':>16}  ours / seed-style per process",
+          flush=True)
     for arch in args.archs:
-        run = {"ours": [], "seed": []}
-        for _ in range(args.processes):
-            for side in ("ours", "seed"):
-                out = subprocess.run([sys.executable, __file__, "--child", side, "--archs", arch, "--steps",
-                                      str(args.steps), "--repeats", str(args.repeats), "--batch-size",
-                                      str(args.batch_size)], check=True, capture_output=True, text=True).stdout
-                run[side].append(json.loads(out.strip().splitlines()[-1]))
-        p = params.TrainParams(arch=arch, batch_size=args.batch_size)
-        a, b = (statistics.median(r["rate"] for r in run[side]) for side in ("ours", "seed"))
-        peak = statistics.median(r["peak"] for r in run["ours"])
-        flops = step_flops(build_generator(p), build_discriminator(p))
-        achieved = a * flops / 1e9
-        spread = " ".join(f"{r['rate']:.0f}" for r in run["ours"]) + " / " + " ".join(f"{r['rate']:.0f}" for r in run["seed"])
-        print(f"{arch:16}{a:12.0f}{b:18.0f}{a / b:8.2f}x{flops / 1e6:11.1f}{achieved:9.1f}{achieved / peak:10.0%}"
-              f"{peak:16.1f}  {spread}", flush=True)
+        for batch in args.batch_sizes or BATCHES[arch]:
+            run = {"ours": [], "seed": []}
+            for _ in range(args.processes):
+                for side in ("ours", "seed"):
+                    out = subprocess.run([sys.executable, __file__, "--child", side, "--archs", arch, "--steps",
+                                          str(args.steps), "--repeats", str(args.repeats), "--batch-sizes",
+                                          str(batch)], check=True, capture_output=True, text=True).stdout
+                    run[side].append(json.loads(out.strip().splitlines()[-1]))
+            p = params.TrainParams(arch=arch, batch_size=batch)
+            a, b = (statistics.median(r["rate"] for r in run[side]) for side in ("ours", "seed"))
+            peak = statistics.median(r["peak"] for r in run["ours"])
+            flops = step_flops(build_generator(p), build_discriminator(p))
+            achieved = a * flops / 1e9
+            ceiling = peak * 1e9 / flops / b
+            spread = (" ".join(f"{r['rate']:.0f}" for r in run["ours"]) + " / "
+                      + " ".join(f"{r['rate']:.0f}" for r in run["seed"]))
+            print(f"{arch:16}{batch:6}{a:12.0f}{b:18.0f}{a / b:7.2f}x{ceiling:8.1f}x{flops / 1e6:11.1f}{achieved:9.1f}"
+                  f"{achieved / peak:10.0%}{peak:16.1f}  {spread}", flush=True)
 
 
 if __name__ == "__main__":
