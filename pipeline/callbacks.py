@@ -12,6 +12,8 @@ import numpy as np
 
 from pipeline import images
 
+GRID_STANDING_SAMPLES = 1024  # draws of z for the sample grids' standing statistics
+
 
 def global_step(model) -> int:
     # The G optimizer's iteration count is the global step (restored with checkpoints).
@@ -92,7 +94,9 @@ class History(keras.callbacks.Callback):
 class SampleGrid(keras.callbacks.Callback):
     """Every `every` steps and at the end: a 4x4 grid of the first 16 fixed-z
     samples as `step_NNNNNN.png` in `out_dir`, logged to MLflow under `samples/`,
-    and the collapse watch: mean pairwise L1 over all fixed-z samples."""
+    and the collapse watch: mean pairwise L1 over all fixed-z samples. The
+    samples come from the generator as it would be saved at that step: the
+    weight average with standing BatchNorm statistics (over fewer draws)."""
 
     def __init__(self, z: np.ndarray, every: int, out_dir: str | Path, run_id: str | None):
         super().__init__()
@@ -112,7 +116,11 @@ class SampleGrid(keras.callbacks.Callback):
     def write(self, step: int) -> Path:
         from pipeline.metrics import mean_pairwise_l1
 
-        pixels = images.to_uint8(self.model.sampler(self.z, training=False).numpy())
+        from pipeline.gan import standing_statistics
+
+        # A quarter of the saved model's samples: 3 s rather than 13 for the seed DCGAN.
+        sampler = standing_statistics(self.model.sampler, self.model.noise_seed, samples=GRID_STANDING_SAMPLES)
+        pixels = images.to_uint8(sampler(self.z, training=False).numpy())
         path = self.out_dir / f"step_{step:06d}.png"
         images.save_png(images.grid(pixels[:16], cols=4), path, scale=2)
         _log_metrics(self.run_id, [("sample_pairwise_l1", mean_pairwise_l1(pixels), step)])

@@ -87,6 +87,25 @@ def test_ema_generator_averages_weights_and_is_what_samples(tmp_path, jit):
     np.testing.assert_array_equal(gan(z).numpy(), gan.ema_generator(z, training=False).numpy())
 
 
+def test_sample_grid_shows_the_generator_as_it_would_be_saved(tmp_path):
+    from PIL import Image
+
+    from pipeline import callbacks, images, train
+    from pipeline.gan import standing_statistics
+
+    p = params.TrainParams(arch="mlp", steps=3, batch_size=8, z_dim=8, ema=0.9, sample_every=3, jit_compile=False)
+    gan = train.build(p)
+    train.fit(gan, p, rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), tmp_path, verbose=0)
+    z = train.fixed_z(p)
+    settled = standing_statistics(gan.sampler, p.seed, samples=callbacks.GRID_STANDING_SAMPLES)
+    want = images.to_uint8(settled(z, training=False).numpy())[:16]
+    running = images.to_uint8(gan.sampler(z, training=False).numpy())[:16]
+    assert not np.array_equal(want, running)  # the moving statistics would show something else
+    images.save_png(images.grid(want, cols=4), tmp_path / "want.png", scale=2)
+    got = np.asarray(Image.open(tmp_path / "samples" / "step_000003.png"))
+    np.testing.assert_array_equal(got, np.asarray(Image.open(tmp_path / "want.png")))
+
+
 def test_wgan_clips_critic_weights(tmp_path):
     from pipeline import train
 
