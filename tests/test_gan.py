@@ -54,12 +54,13 @@ def test_standing_statistics_make_inference_match_batch_statistics(arch):
     gap_before = np.abs(g(z, training=False).numpy() - g(z, training=True).numpy()).mean()
     gap_after = np.abs(settled(z, training=False).numpy() - g(z, training=True).numpy()).mean()
     assert gap_after < gap_before / 10, (gap_before, gap_after)
-    learned = [(a, b) for la, lb in zip(g.layers, settled.layers)
-               for a, b in zip(la.get_weights()[:2] if isinstance(la, keras.layers.BatchNormalization) else la.get_weights(),
-                               lb.get_weights()[:2] if isinstance(lb, keras.layers.BatchNormalization) else lb.get_weights())]
-    n_bn = sum(isinstance(la, keras.layers.BatchNormalization) for la in g.layers)
-    assert len(learned) == len(g.weights) - 2 * n_bn > 0  # all but the moving mean and variance
-    for a, b in learned:
+    def learned(model):  # every weight but BatchNorm's moving mean and variance (its last two)
+        return [w for layer in model.layers for w in
+                (layer.get_weights()[:2] if isinstance(layer, keras.layers.BatchNormalization) else layer.get_weights())]
+
+    n_bn = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in g.layers)
+    assert len(learned(g)) == len(learned(settled)) == len(g.weights) - 2 * n_bn > 0
+    for a, b in zip(learned(g), learned(settled)):
         np.testing.assert_array_equal(a, b)
     assert [l.momentum for l in settled.layers if isinstance(l, keras.layers.BatchNormalization)] == \
         [l.momentum for l in g.layers if isinstance(l, keras.layers.BatchNormalization)]
