@@ -5,12 +5,24 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 PORT ?= 3000
+HOST ?= 127.0.0.1
+UI_PORT ?= 5000
+# What `make serve` and `make bento` take: champion (the registry's alias), latest, or a BentoML tag.
+MODEL ?= champion
+# The store every stage and `make ui` use (an absolute path, as the queue's copies need).
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+# make grid: an arch x loss x seed grid of queued experiments, JOBS at a time.
+ARCHS ?= mlp dcgan dcgan_upsample
+LOSSES ?= bce wgan wgan-gp hinge
+SEEDS ?= 42
+JOBS ?= 2
+GRID_SET ?=
 
 # Debian packages some features use: Graphviz draws the architecture
 # diagrams, Chromium drives the browser test of the service's page.
 DEBIAN_PACKAGES ?= graphviz chromium
 
-.PHONY: run test serve ui install install-dev system-deps clean
+.PHONY: run test serve ui grid compare install install-dev system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +60,7 @@ run: install
 	@$(BIN)/dvc metrics show
 	@echo
 	@echo 'Metrics:  reports/metrics.json (dvc metrics show); loss curves: dvc plots show'
-	@echo 'MLflow:   make ui, then open http://127.0.0.1:5000 (experiment mnist-gan)'
+	@echo 'MLflow:   make ui (it prints the URL of the runs)'
 	@echo 'Serve:    make serve, then in another shell:'
 	@echo '  curl -s -X POST http://127.0.0.1:$(PORT)/render -H "Content-Type: application/json" \'
 	@echo '       -d "{\"z\": $$(python3 -c "print([0.0] * 100)")}" -o digit.png'
@@ -56,17 +68,36 @@ run: install
 test: install-dev system-deps
 	$(BIN)/python -m pytest
 
+# Serves the champion unless MODEL names another (latest, or a BentoML tag); says in
+# one line what it serves and why, or why there is nothing to serve.
 serve: install
-	$(BIN)/bentoml serve serving.service:Generator --port $(PORT)
+	@$(BIN)/python -m serving.selection $(MODEL)
+	$(BIN)/bentoml serve serving.service:Generator --host $(HOST) --port $(PORT) --arg model=$(MODEL)
 
 # A Bento of the service and the latest stored generator; containerizing it
 # (`bentoml containerize <tag>`) needs a Docker engine.
 .PHONY: bento
 bento: install
-	$(BIN)/bentoml build -f serving/bentofile.yaml .
+	@$(BIN)/python -m serving.selection $(MODEL)
+	$(BIN)/bentoml build -f serving/bentofile.yaml --arg model=$$($(BIN)/python -m serving.selection --tag $(MODEL)) .
 
+# The runs page of the experiment (MLflow 3 otherwise opens on its GenAI pages).
 ui: install
-	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"
+	@case "$(MLFLOW_TRACKING_URI)" in \
+	  http*) echo "MLflow UI: $$($(BIN)/python -m pipeline.tracking url $(MLFLOW_TRACKING_URI))"; exit 0;; \
+	esac; \
+	echo "MLflow UI: $$($(BIN)/python -m pipeline.tracking url http://127.0.0.1:$(UI_PORT))"; \
+	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $(UI_PORT)
+
+# Queues one experiment per arch x loss x seed (dvc exp run --queue), runs JOBS at a
+# time (dvc queue start), waits with progress, then shows them side by side.
+grid: install
+	@ARCHS="$(ARCHS)" LOSSES="$(LOSSES)" SEEDS="$(SEEDS)" JOBS="$(JOBS)" GRID_SET="$(GRID_SET)" bash ops/grid.sh
+	@$(MAKE) --no-print-directory compare
+
+# The comparison report (reports/compare/) of the experiment's finished runs, or RUNS="a b".
+compare: install
+	$(BIN)/python -m pipeline.compare $(if $(RUNS),--runs $(RUNS))
 
 clean:
 	rm -rf data/prepared models reports export

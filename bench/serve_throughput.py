@@ -83,7 +83,7 @@ def serve(tag: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, s
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:Generator",
          "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=dict(env, MNIST_GAN_MODEL_TAG=tag), stdout=log.open("w"),
+        cwd=ROOT, env=dict(env, MNIST_GAN_MODEL=tag), stdout=log.open("w"),
         stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180

@@ -4,7 +4,6 @@ the collapse watch, and checkpoints."""
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import keras
@@ -20,17 +19,9 @@ def global_step(model) -> int:
     return int(model.g_optimizer.iterations.numpy())
 
 
-def _log_metrics(run_id: str | None, points: list[tuple[str, float, int]]) -> None:
-    if run_id is None or not points:
-        return
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, v, now, step) for k, v, step in points]
-    client = MlflowClient()
-    for i in range(0, len(metrics), 1000):  # MLflow's per-call limit
-        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+def _log_metrics(run, points: list[tuple[str, float, int]]) -> None:
+    if run is not None and points:
+        run.log_metrics(points)
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
@@ -49,16 +40,17 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
 
 class History(keras.callbacks.Callback):
-    """Keeps every step's logs; sends them to MLflow every `every` steps with the
-    oscillation index (std of g_loss over the trailing `window` steps).
+    """Keeps every step's logs; sends them to the run (a tracking.Run, or None)
+    every `every` steps with the oscillation index (std of g_loss over the
+    trailing `window` steps).
 
     Steps at or below `logged_through` are already in the MLflow run (a resumed
     run replays them from its checkpoint) and are not sent again."""
 
-    def __init__(self, every: int, window: int, run_id: str | None, rows: list[dict] | None = None,
+    def __init__(self, every: int, window: int, run, rows: list[dict] | None = None,
                  logged_through: int = 0):
         super().__init__()
-        self.every, self.window, self.run_id = every, window, run_id
+        self.every, self.window, self.run = every, window, run
         self.rows: list[dict] = list(rows or [])
         self.logged_through = logged_through
         self._pending: list[tuple[str, float, int]] = []
@@ -80,7 +72,7 @@ class History(keras.callbacks.Callback):
         self.flush()
 
     def flush(self):
-        _log_metrics(self.run_id, self._pending)
+        _log_metrics(self.run, self._pending)
         self._pending = []
 
     def to_csv(self, target: str | Path) -> None:
@@ -98,9 +90,9 @@ class SampleGrid(keras.callbacks.Callback):
     samples come from the generator as it would be saved at that step: the
     weight average with standing BatchNorm statistics (over fewer draws)."""
 
-    def __init__(self, z: np.ndarray, every: int, out_dir: str | Path, run_id: str | None):
+    def __init__(self, z: np.ndarray, every: int, out_dir: str | Path, run):
         super().__init__()
-        self.z, self.every, self.out_dir, self.run_id = z, every, Path(out_dir), run_id
+        self.z, self.every, self.out_dir, self.run = z, every, Path(out_dir), run
         self.last = -1
 
     def on_train_batch_end(self, batch, logs=None):
@@ -123,11 +115,9 @@ class SampleGrid(keras.callbacks.Callback):
         pixels = images.to_uint8(sampler(self.z, training=False).numpy())
         path = self.out_dir / f"step_{step:06d}.png"
         images.save_png(images.grid(pixels[:16], cols=4), path, scale=2)
-        _log_metrics(self.run_id, [("sample_pairwise_l1", mean_pairwise_l1(pixels), step)])
-        if self.run_id is not None:
-            from mlflow.tracking import MlflowClient
-
-            MlflowClient().log_artifact(self.run_id, str(path), "samples")
+        _log_metrics(self.run, [("sample_pairwise_l1", mean_pairwise_l1(pixels), step)])
+        if self.run is not None:
+            self.run.log_artifact(path, "samples")
         self.last = step
         return path
 

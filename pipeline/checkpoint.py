@@ -3,7 +3,8 @@ weights, both optimizers (their step counts are the global step), the loss
 history up to the checkpoint, and the MLflow run it belongs to.
 
 A run resumes only from an unfinished checkpoint whose params fingerprint
-matches; anything else starts fresh.
+matches; anything else starts fresh (the folder is cleared, sample grids
+included, and the stopped run's id is kept in `abandoned_run_id`).
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ class TrainState:
         self.keep = keep
         self.manager: tf.train.CheckpointManager | None = None
         self.run_id: str | None = None
+        # The MLflow run of a stopped run that this one discards instead of resuming.
+        self.abandoned_run_id: str | None = None
 
     def _meta(self) -> dict:
         try:
@@ -57,6 +60,8 @@ class TrainState:
             self.run_id = meta.get("run_id")
             self._manager()
             return step, rows
+        if not meta.get("complete"):
+            self.abandoned_run_id = meta.get("run_id")
         shutil.rmtree(self.dir, ignore_errors=True)
         return None
 

@@ -1,7 +1,13 @@
 """The one error type stages raise for bad params or data, and the wrapper
-that turns it into a one-line message and exit status 1."""
+that turns it into a one-line message and an exit status: 1 for a StageError,
+130 for Ctrl-C (SIGINT), 143 for SIGTERM (`kill`, `dvc queue kill`).
+
+SIGTERM is raised as `Terminated`, a KeyboardInterrupt, so that it unwinds
+exactly as Ctrl-C does: the MLflow run is marked FAILED and the last
+checkpoint is kept."""
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Callable
 
@@ -10,12 +16,24 @@ class StageError(Exception):
     """A problem the user can fix: a bad param, a missing or corrupt file."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered as an exception in the main thread."""
+
+
+def _terminate(signum, frame):
+    # One is enough: a second must not cut short the clean-up the first started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
 def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         main(argv)
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        print("error: interrupted; run the stage again to resume from its last checkpoint", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:
+        how, code = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"error: {how}; run the stage again (train resumes from its last checkpoint)", file=sys.stderr)
+        raise SystemExit(code) from None

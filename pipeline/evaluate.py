@@ -6,10 +6,12 @@ and give a verdict.
 scores any saved Keras generator (n, z_dim) -> (n, 28, 28, 1) in [-1, 1]; the
 other inputs default as in dvc.yaml (`--params params.yaml --data
 data/prepared/mnist.npz --judge models/judge.keras`). Without `--run-file`
-nothing goes to MLflow; the pipeline passes the run file of `train`, and the
-metrics and figures join that run. Writes `<metrics>` (default
-`<out>/metrics.json`) and, under `<out>`, `verdict.json`, `per_class.json`,
-`class_hist.csv` and the PNG figures.
+nothing goes to MLflow. The pipeline passes the train stage's record
+(`--training-run`) and `--run-file`: the result's MLflow run (every stage's
+params, the metrics and figures; tracking.result_run says which run) is
+written there. Writes `<metrics>` (default `<out>/metrics.json`) and, under
+`<out>`, `verdict.json`, `protocol.json` (what the scores are comparable
+under), `per_class.json`, `class_hist.csv` and the PNG figures.
 
 Every figure on generated images has the same figure on real held-out test
 images beside it; the verdict thresholds are `evaluate.*` in params.yaml.
@@ -18,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, data, images, judge as judge_mod, metrics, params, tracking
+from pipeline import atomic, classifier, data, images, metrics, params, tracking
+from pipeline.models import load_generator
 from pipeline.errors import StageError, run_stage
 
 # Per-class diversity needs a few images of the class on both sides to mean anything.
@@ -99,7 +104,7 @@ def verdict(m: dict, p: params.EvaluateParams) -> dict:
         copying.append(f"copy_rate_gen={m['copy_rate_gen']:.3g} exceeds copy_rate_real={m['copy_rate_real']:.3g}"
                        f" by more than copy_excess_max={p.copy_excess_max} (images within L1 {p.copy_l1} of"
                        " a training image)")
-    ratio = m["classifier_score_gen"] / max(m["classifier_score_real"], 1e-12)
+    ratio = m["classifier_score_ratio"]
     if ratio < p.classifier_score_ratio_min:
         quality.append(f"classifier_score_gen/real={ratio:.3g} < classifier_score_ratio_min="
                        f"{p.classifier_score_ratio_min}")
@@ -126,8 +131,8 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
     m["duplicate_rate_gen"] = float(np.mean(metrics.nearest_other_l1(gen)[0] < p.near_l1))
     m["duplicate_rate_real"] = float(np.mean(metrics.nearest_other_l1(real)[0] < p.near_l1))
 
-    f_gen, p_gen = judge_mod.embed(judge, gen)
-    f_real, p_real = judge_mod.embed(judge, real)
+    f_gen, p_gen = classifier.embed(judge, gen)
+    f_real, p_real = classifier.embed(judge, real)
     # One partition for both sides (the judge's classes), as the copying test's cells require.
     gen_cls, real_cls = p_gen.argmax(1), p_real.argmax(1)
     m["copying_z"] = metrics.copying_statistic(gen_nn, gen_cls, real_nn, real_cls, MIN_CLASS_IMAGES)
@@ -156,6 +161,7 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
         "fcd": metrics.frechet_distance(f_gen, f_real),
         "kid": metrics.kid(f_gen, f_real),
     })
+    m["classifier_score_ratio"] = m["classifier_score_gen"] / max(m["classifier_score_real"], 1e-12)
     k = min(p.k, len(gen) - 1, len(real) - 1)
     m.update(metrics.prdc(f_real, f_gen, k))
     v = verdict(m, p)
@@ -199,17 +205,26 @@ def write_figures(out: Path, gen: np.ndarray, train: np.ndarray, details: dict) 
         images.save_png(images.grid(pixels, cols=8), out / "per_class" / f"class_{c}.png", scale=2)
 
 
-def load_generator(path: str | Path):
-    import keras
+def protocol(judge, ds: data.Mnist, p: params.EvaluateParams) -> dict:
+    """What makes two evaluations' numbers comparable: the same judge weights, the
+    same prepared data and the same draw (samples, seed, k). Promotion compares
+    a challenger with the champion only under the same protocol."""
+    h = hashlib.sha256()
+    for w in judge.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    out = {"judge_weights_sha256": h.hexdigest(), "data_sha256": data.arrays_sha256(ds),
+           "num_samples": p.num_samples, "seed": p.seed, "k": p.k}
+    out["id"] = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:12]
+    return out
 
-    path = Path(path)
-    if not path.is_file():
-        raise StageError(f"{path}: generator not found")
-    model = keras.models.load_model(path, compile=False)
-    if len(model.input_shape) != 2 or tuple(model.output_shape[1:]) != (28, 28, 1):
-        raise StageError(f"{path}: expected a generator (n, z_dim) -> (n, 28, 28, 1), "
-                         f"got {model.input_shape} -> {model.output_shape}")
-    return model
+
+def result_params(params_path: str, training: dict) -> dict:
+    """Every stage's params for the result's run: train's as the training ran
+    them (its record), the others as validated from params.yaml."""
+    out = dict(training.get("params", {}))
+    for section in ("prepare", "judge", "evaluate"):
+        out.update(params.flat(section, params.load(section, params_path)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -218,31 +233,41 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--generator", required=True)
     ap.add_argument("--data", default="data/prepared/mnist.npz")
     ap.add_argument("--judge", default="models/judge.keras")
+    ap.add_argument("--judge-report", help="the judge stage's report; its test accuracy joins the metrics logged")
     ap.add_argument("--out", required=True, help="folder for the verdict, per-class figures and plots")
     ap.add_argument("--metrics", help="metrics JSON (default: <out>/metrics.json)")
-    ap.add_argument("--run-file", help="the pipeline's MLflow run to add to; none: no MLflow")
+    ap.add_argument("--training-run", help="the train stage's record of the generator's training")
+    ap.add_argument("--run-file", help="write the result's MLflow run here (needs --training-run); none: no MLflow")
     args = ap.parse_args(argv)
 
     p = params.load("evaluate", args.params)
     out = Path(args.out)
-    if args.run_file and not Path(args.run_file).is_file():
-        raise StageError(f"{args.run_file}: MLflow run file not found")
+    training = None
+    if args.run_file:
+        if not args.training_run or not Path(args.training_run).is_file():
+            raise StageError(f"--training-run {args.training_run}: the train stage's record is needed with --run-file")
+        training = json.loads(Path(args.training_run).read_text())
+        run_params = result_params(args.params, training)
     generator = load_generator(args.generator)
-    judge = judge_mod.load(args.judge)
+    judge = classifier.load(args.judge)
     ds = data.load_prepared(args.data)
 
     m, v, details, gen = evaluate(generator, judge, ds, p)
     write_figures(out, gen, ds.x_train, details)
     atomic.write_json(out / "verdict.json", v)
+    atomic.write_json(out / "protocol.json", protocol(judge, ds, p))
     atomic.write_json(out / "per_class.json", {str(c): d for c, d in details["per_class"].items()})
     atomic.write_json(args.metrics or out / "metrics.json", m)
-    if args.run_file:
-        with tracking.run(args.run_file):
-            import mlflow
-
-            mlflow.log_params({f"evaluate.{k}": v for k, v in p.model_dump().items()})
-            mlflow.log_metrics({k: float(x) for k, x in m.items()})
-            mlflow.log_artifacts(str(out), "eval")
+    if training is not None:
+        logged = {k: float(x) for k, x in m.items()}
+        if args.judge_report:
+            judge_report = json.loads(Path(args.judge_report).read_text())
+            logged.update({f"judge_{k}": float(x) for k, x in judge_report.items() if isinstance(x, (int, float))})
+        with tracking.result_run(training, run_params) as run:
+            run.log_metrics([(k, x, 0) for k, x in logged.items()])
+            run.log_artifacts(out, "eval")
+            atomic.write_json(args.run_file, {**run.record(), "training_run_id": training["run_id"]})
+        print(f"evaluate: MLflow run {run.name} ({run.run_id})")
     print("evaluate: " + ", ".join(f"{k}={x:.4g}" for k, x in m.items()))
     print(f"evaluate: mode_collapse={v['mode_collapse']} memorization={v['memorization']} "
           f"quality_gate_passed={v['quality_gate_passed']}")

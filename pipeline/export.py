@@ -1,32 +1,39 @@
-"""Stage `export`: freeze the generator for inference and publish it.
+"""Stage `export`: freeze the generator for inference, publish it and decide
+whether it becomes the champion.
 
     python -m pipeline.export --generator models/generator.keras --metrics reports/metrics.json \
-        --data-report reports/data.json --run-file reports/mlflow_run.json --out export
+        --verdict reports/eval/verdict.json --protocol reports/eval/protocol.json \
+        --data-report reports/data.json --training-run reports/train/run.json \
+        --run-file reports/mlflow_run.json --out export
 
 Writes `<out>/generator/` (keras Model.export() SavedModel, `serve`: float32
-z (n, z_dim) -> (n, 28, 28, 1) in [-1, 1]) and `<out>/model_card.json`, saves
-both to the BentoML store as `mnist_gan_generator` and registers the MLflow
-model `mnist-gan-generator`, with the alias `champion` moved to this version
-only when the evaluate stage's verdict passed the quality gate.
+z (n, z_dim) -> (n, 28, 28, 1) in [-1, 1]) and `<out>/model_card.json`,
+registers the MLflow model `mnist-gan-generator` from the result's run, saves
+the SavedModel and card to the BentoML store as `mnist_gan_generator`, and
+moves the registry alias `champion` to this version only when `decide` says
+so (README, "Promotion"): it passes the gate and beats the champion on the
+ranking, under the same evaluation protocol. The comparison is recorded in the
+run (`promotion.json`, `promotion.*` tags) and on the version.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 from pathlib import Path
 
 from pipeline import atomic, tracking
-from pipeline.errors import StageError, run_stage
+from pipeline.errors import run_stage
 
 BENTO_MODEL = "mnist_gan_generator"
-REGISTERED_MODEL = "mnist-gan-generator"
-CHAMPION = "champion"
 PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
+# The ranking, in order: the first metric that differs decides.
+RANKING = (("fcd", "lower"), ("classifier_score_ratio", "higher"))
 
 
 def model_card(generator, run: dict, metrics: dict, data_report: dict, train_params: dict,
-               verdict: dict | None = None) -> dict:
+               verdict: dict | None = None, protocol: dict | None = None) -> dict:
     return {
         "name": BENTO_MODEL,
         "z_dim": int(generator.input_shape[-1]),
@@ -40,8 +47,43 @@ def model_card(generator, run: dict, metrics: dict, data_report: dict, train_par
         "verdict": {k: (verdict or {}).get(k) for k in
                     ("mode_collapse", "memorization", "quality_gate_passed", "reasons")},
         "mlflow_run_id": run["run_id"],
+        "mlflow_run_name": run.get("name"),
+        "training_run_id": run.get("training_run_id"),
+        "eval_protocol": (protocol or {}).get("id"),
         "data_sha256": data_report.get("data_sha256"),
     }
+
+
+def _beats(challenger: dict, champion: dict) -> tuple[bool, str]:
+    """Challenger against champion on RANKING: (wins, the comparison in words)."""
+    for key, better in RANKING:
+        a, b = float(challenger[key]), float(champion[key])
+        if a != b:
+            wins = a < b if better == "lower" else a > b
+            return wins, f"{key} {a:.4g} {'<' if a < b else '>'} {b:.4g} of champion v{champion['version']}"
+    return False, f"ties champion v{champion['version']} on {', '.join(k for k, _ in RANKING)}"
+
+
+def decide(challenger: dict, champion: dict | None) -> dict:
+    """Whether `challenger` (its version, gate, protocol and RANKING metrics) takes
+    the alias from `champion` (the same keys, or None): a pure function."""
+    before = champion["version"] if champion else None
+    if not challenger["quality_gate_passed"]:
+        return {"promote": False, "champion_before": before,
+                "reason": "did not pass the quality gate: " + "; ".join(challenger.get("reasons") or [])}
+    if champion is None:
+        return {"promote": True, "champion_before": None, "reason": "the first version to pass the quality gate"}
+    if challenger["eval_protocol"] != champion.get("eval_protocol"):
+        return {"promote": False, "champion_before": before,
+                "reason": f"champion v{before} was scored under another evaluation protocol "
+                          f"({champion.get('eval_protocol')} vs {challenger['eval_protocol']}: another judge, "
+                          "data or draw), so the two cannot be ranked; move the alias by hand to serve this one"}
+    missing = [k for k, _ in RANKING if not math.isfinite(float(champion.get(k, "nan")))]
+    if missing:
+        return {"promote": True, "champion_before": before,
+                "reason": f"champion v{before} has no {', '.join(missing)} recorded"}
+    wins, how = _beats(challenger, champion)
+    return {"promote": wins, "champion_before": before, "reason": how}
 
 
 def export_saved_model(generator, target: Path) -> None:
@@ -56,14 +98,17 @@ def export_saved_model(generator, target: Path) -> None:
 def save_to_bentoml(saved_model: Path, card: dict):
     import bentoml
 
+    labels = {"mlflow_run_id": card["mlflow_run_id"], "arch": str(card["arch"])}
+    if card.get("registered_model"):
+        labels["registered_version"] = str(card["registered_model"]["version"])
     with bentoml.models.create(
         BENTO_MODEL,
-        labels={"mlflow_run_id": card["mlflow_run_id"], "arch": str(card["arch"])},
+        labels=labels,
         metadata={"z_dim": card["z_dim"], "data_sha256": card["data_sha256"]},
     ) as ref:
         shutil.copytree(saved_model, Path(ref.path) / "saved_model")
         (Path(ref.path) / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
-    return ref.tag
+    return str(ref.tag)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,48 +116,59 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--generator", required=True)
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--verdict", required=True, help="the evaluate stage's verdict.json")
+    ap.add_argument("--protocol", required=True, help="the evaluate stage's protocol.json")
     ap.add_argument("--data-report", required=True)
-    ap.add_argument("--run-file", required=True)
+    ap.add_argument("--training-run", required=True, help="the train stage's record (its params go in the card)")
+    ap.add_argument("--run-file", required=True, help="the result's MLflow run (the evaluate stage's)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
-    from pipeline.evaluate import load_generator
+    from pipeline.models import load_generator
 
     generator = load_generator(args.generator)
-    run = json.loads(Path(args.run_file).read_text())
-    metrics = json.loads(Path(args.metrics).read_text())
-    verdict = json.loads(Path(args.verdict).read_text())
-    data_report = json.loads(Path(args.data_report).read_text())
+    run, training, metrics, verdict, protocol, data_report = (
+        json.loads(Path(f).read_text()) for f in (args.run_file, args.training_run, args.metrics, args.verdict,
+                                                   args.protocol, args.data_report))
+    train_params = {k: v for k, v in training.get("params", {}).items() if k.startswith("train.")}
+    card = model_card(generator, run, metrics, data_report, train_params, verdict, protocol)
     out = Path(args.out)
 
-    with tracking.run(args.run_file) as active:
-        import mlflow
+    with tracking.reopen(run) as active:
         import numpy as np
 
-        train_params = {k: v for k, v in active.data.params.items() if k.startswith("train.")}
-        card = model_card(generator, run, metrics, data_report, train_params, verdict)
         export_saved_model(generator, out / "generator")
-        atomic.write_json(out / "model_card.json", card)
-
-        tag = save_to_bentoml(out / "generator", card)
-        mlflow.set_tag("bentoml_tag", str(tag))
-        mlflow.log_dict(card, "model_card.json")
-        z = np.zeros((1, card["z_dim"]), np.float32)
-        info = mlflow.pyfunc.log_model(
+        version = active.log_pyfunc_model(
             name="generator",
             python_model=str(PYFUNC_CODE),
             artifacts={"saved_model": str(out / "generator")},
-            input_example=z,
+            input_example=np.zeros((1, card["z_dim"]), np.float32),
             pip_requirements=["tensorflow-cpu==2.21.0", "numpy"],
-            registered_model_name=REGISTERED_MODEL,
+            registered_model_name=tracking.REGISTERED_MODEL,
         )
-        version = info.registered_model_version
-        mlflow.set_tag("registered_model_version", str(version))
-        if verdict.get("quality_gate_passed") is True:
-            mlflow.MlflowClient().set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
-    gate = "passed the gate: alias champion" if verdict.get("quality_gate_passed") is True else \
-        "did not pass the gate: champion alias unchanged"
-    print(f"export: {out / 'generator'}; bentoml {tag}; mlflow {REGISTERED_MODEL} v{version} ({gate})")
+        card["registered_model"] = {"name": tracking.REGISTERED_MODEL, "version": version}
+        challenger = {"version": version, "quality_gate_passed": verdict.get("quality_gate_passed") is True,
+                      "reasons": verdict.get("reasons"), "eval_protocol": protocol["id"],
+                      **{k: metrics[k] for k, _ in RANKING}}
+        with tracking.registry_lock():
+            current = tracking.champion()
+            champ = None if current is None else {"version": current["version"], **current["tags"]}
+            decision = decide(challenger, champ)
+            card["promotion"] = decision
+            atomic.write_json(out / "model_card.json", card)
+            tag = save_to_bentoml(out / "generator", card)
+            tracking.tag_version(version, {"bentoml_tag": tag, "quality_gate_passed": challenger["quality_gate_passed"],
+                                           "eval_protocol": protocol["id"], "promotion": decision["reason"],
+                                           **{k: metrics[k] for k, _ in RANKING}})
+            if decision["promote"]:
+                tracking.set_champion(version)
+        active.set_tags({"bentoml_tag": tag, "registered_model_version": version,
+                         "promotion.promoted": decision["promote"], "promotion.reason": decision["reason"],
+                         "promotion.champion_before": decision["champion_before"]})
+        active.log_dict(card, "model_card.json")
+        active.log_dict({"challenger": challenger, "champion": champ, **decision}, "promotion.json")
+    verb = "now champion" if decision["promote"] else "champion unchanged"
+    print(f"export: {out / 'generator'}; bentoml {tag}; mlflow {tracking.REGISTERED_MODEL} v{version} "
+          f"({verb}: {decision['reason']})")
 
 
 if __name__ == "__main__":

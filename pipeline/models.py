@@ -126,6 +126,20 @@ def build_discriminator(p: TrainParams) -> keras.Model:
     return builders[p.arch](p.arch_params)
 
 
+def load_generator(path: str | Path) -> keras.Model:
+    """A saved generator (n, z_dim) -> (n, 28, 28, 1), checked for that shape."""
+    from pipeline.errors import StageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"{path}: generator not found")
+    model = keras.models.load_model(path, compile=False)
+    if len(model.input_shape) != 2 or tuple(model.output_shape[1:]) != IMAGE_SHAPE:
+        raise StageError(f"{path}: expected a generator (n, z_dim) -> (n, 28, 28, 1), "
+                         f"got {model.input_shape} -> {model.output_shape}")
+    return model
+
+
 def plot(model: keras.Model, target: Path) -> Path:
     """The architecture diagram as a PNG (needs pydot and Graphviz's `dot`)."""
     target.parent.mkdir(parents=True, exist_ok=True)

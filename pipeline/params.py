@@ -213,6 +213,13 @@ SECTIONS: dict[str, type[_Section]] = {
 P = TypeVar("P", bound=_Section)
 
 
+def flat(section: str, model: _Section) -> dict[str, object]:
+    """One section's params as MLflow logs them: `section.key` -> value."""
+    if isinstance(model, TrainParams):
+        return model.flat()
+    return {f"{section}.{k}": v for k, v in model.model_dump().items()}
+
+
 def _describe(section: str, err: ValidationError) -> str:
     parts = []
     for e in err.errors():

@@ -1,19 +1,54 @@
-"""MLflow at the edges: the store location, the pipeline's one run, and its
-FAILED marking. The math never imports this."""
+"""MLflow at one edge: the store, the runs, the registry.
+
+Stages call the functions here and never import mlflow themselves
+(`mlflow_model.py` is the logged model's own code, not a stage's). The math
+works with tracking switched off: every caller passes `None` for "no run".
+
+Runs, as the pipeline makes them (README, "Experiments"):
+- `train` opens a training run: train params, per-step losses, sample grids.
+- `evaluate` gives each pipeline result its run. The first evaluation of a
+  training made in the same experiment joins that training run (one run holds
+  the whole result); an evaluation that reuses cached training gets a run of
+  its own, tagged `training_run_id` and carrying the training's loss curves.
+  A finished result is never reopened by another result.
+- `export` adds the model, its registered version and the promotion to the
+  result run.
+"""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.errors import StageError
+
 EXPERIMENT = "mnist-gan"
+REPORTS_EXPERIMENT = "mnist-gan-reports"
+REGISTERED_MODEL = "mnist-gan-generator"
+CHAMPION = "champion"
+
+# Tags every run carries; `result` marks the runs that hold a pipeline result.
+TAG_COMMIT, TAG_EXP, TAG_HASH = "git_commit", "dvc_exp_name", "params_hash"
+TAG_TRAINING, TAG_RESULT = "training_run_id", "result"
+# The note MLflow's UI shows as a run's description.
+TAG_NOTE = "mlflow.note.content"
+MLFLOW_BATCH = 1000  # MLflow's per-call limit on metrics in one log_batch
+PROBE_SECONDS = 20   # an unreachable tracking server fails the stage within this
 
 
 def project_root(start: Path | None = None) -> Path:
-    """The repo a stage runs for, even from a `dvc exp run --temp`/queue copy."""
+    """The repo a stage runs for, also from a `dvc exp run --temp` or queue copy
+    (DVC sets DVC_ROOT to the parent repo for those)."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
     start = (start or Path.cwd()).resolve()
     parts = start.parts
     for i in range(len(parts) - 2):
@@ -26,60 +61,377 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
-def _setup():
-    import mlflow
-
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        location = None
-        if uri.startswith("sqlite:///"):
-            # Artifacts next to the database, by absolute path, not under the cwd.
-            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-        try:
-            mlflow.create_experiment(EXPERIMENT, artifact_location=location)
-        except mlflow.exceptions.MlflowException:
-            pass  # created concurrently
-    mlflow.set_experiment(EXPERIMENT)
-    return mlflow
+def redact(uri: str) -> str:
+    """The URI without credentials (user:password@, token query strings)."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.netloc:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _git_commit() -> str | None:
+def params_hash(params: dict) -> str:
+    """Eight hex digits that name a set of params."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def exp_name() -> str | None:
+    """The DVC experiment this process runs for (DVC sets it for every `dvc exp run`)."""
+    return os.environ.get("DVC_EXP_NAME") or None
+
+
+def git_commit() -> str | None:
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        return os.environ["DVC_EXP_BASELINE_REV"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=project_root())
     except OSError:
         return None
     return out.stdout.strip() or None
 
 
+def _probe(uri: str) -> None:
+    """Fail fast, in one line, when an HTTP tracking server does not answer."""
+    deadline = time.monotonic() + PROBE_SECONDS
+    url = uri.rstrip("/") + "/health"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+                reason = f"HTTP {r.status}"
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                return  # it answers; the credentials are MLflow's to report
+            reason = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            reason = str(getattr(exc, "reason", exc))
+        if time.monotonic() + 2 > deadline:
+            raise StageError(f"cannot reach the MLflow tracking server at {redact(uri)} "
+                             f"(MLFLOW_TRACKING_URI): {reason}")
+        time.sleep(2)
+
+
 @contextlib.contextmanager
-def run(run_file: str | Path | None, new: bool = False, run_id: str | None = None) -> Iterator:
-    """The pipeline's MLflow run: a new one, the one given by `run_id`, or the one
-    named in `run_file`.
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialize the first touch of a sqlite store: two processes creating its
+    schema at once fail (a brand-new store under `dvc queue start -j 2`)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
 
-    Ends FINISHED on success, FAILED on any exception (Ctrl-C included)."""
-    mlflow = _setup()
-    if new:
-        tags = {"git_commit": _git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME")}
-        active = mlflow.start_run(tags={k: v for k, v in tags.items() if v})
-    else:
-        run_id = run_id or json.loads(Path(run_file).read_text())["run_id"]
-        active = mlflow.start_run(run_id=run_id)
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock", timeout=300):
+        yield
+
+
+_CLIENT = None
+
+
+def client():
+    """The process's MlflowClient on `tracking_uri()`, the store checked (and a
+    new sqlite store's schema created) once."""
+    global _CLIENT
+    if _CLIENT is None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        # Downloads are the pipeline's own business: no progress bars in its output.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        uri = tracking_uri()
+        if urllib.parse.urlsplit(uri).scheme in ("http", "https"):
+            _probe(uri)
+        with _store_lock(uri):
+            c = MlflowClient(uri)
+            c.search_experiments(max_results=1)
+        mlflow.set_tracking_uri(uri)
+        _CLIENT = c
+    return _CLIENT
+
+
+def experiment_id(name: str = EXPERIMENT) -> str:
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    uri = tracking_uri()
+    location = None
+    if uri.startswith("sqlite:///"):
+        # Artifacts next to the database, by absolute path, not under the cwd.
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    with _store_lock(uri):
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                return c.create_experiment(name, artifact_location=location)
+            except MlflowException:  # created by another process meanwhile (a server store)
+                pass
+            exp = c.get_experiment_by_name(name)
+    return exp.experiment_id
+
+
+class Run:
+    """One MLflow run, written through the client (no global active run)."""
+
+    def __init__(self, run_id: str, experiment_id: str, name: str):
+        self.run_id, self.experiment_id, self.name = run_id, experiment_id, name
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's per-call limit on params
+            client().log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, points: list[tuple[str, float, int]]) -> None:
+        """(key, value, step) points; MLflow's per-call limit is handled here."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(step)) for k, v, step in points]
+        for i in range(0, len(metrics), MLFLOW_BATCH):
+            client().log_batch(self.run_id, metrics=metrics[i:i + MLFLOW_BATCH])
+
+    def set_tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+        if items:
+            client().log_batch(self.run_id, tags=items)
+
+    def log_artifact(self, path: str | Path, artifact_dir: str | None = None) -> None:
+        client().log_artifact(self.run_id, str(path), artifact_dir)
+
+    def log_artifacts(self, folder: str | Path, artifact_dir: str | None = None) -> None:
+        client().log_artifacts(self.run_id, str(folder), artifact_dir)
+
+    def log_dict(self, obj: dict, artifact_file: str) -> None:
+        client().log_dict(self.run_id, obj, artifact_file)
+
+    def record(self) -> dict:
+        """What a run file holds: never the tracking URI's credentials."""
+        return {"run_id": self.run_id, "experiment_id": self.experiment_id, "name": self.name,
+                "tracking_uri": redact(tracking_uri())}
+
+    def log_pyfunc_model(self, **kwargs) -> str:
+        """`mlflow.pyfunc.log_model(**kwargs)` into this run; returns the registered version."""
+        import mlflow
+
+        client()
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.pyfunc.log_model(**kwargs)
+        return str(info.registered_model_version)
+
+
+@contextlib.contextmanager
+def _lifecycle(run: Run) -> Iterator[Run]:
+    """FINISHED on success; FAILED on any exception, Ctrl-C and SIGTERM included."""
     try:
-        yield active
+        yield run
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        client().set_terminated(run.run_id, "FAILED")
         raise
-    mlflow.end_run(status="FINISHED")
+    client().set_terminated(run.run_id, "FINISHED")
 
 
-def run_record(active) -> dict:
-    return {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id,
-            "tracking_uri": tracking_uri()}
+def _new_run(experiment: str, name: str, tags: dict) -> Run:
+    exp = experiment_id(experiment)
+    created = client().create_run(exp, run_name=name, tags={k: str(v) for k, v in tags.items() if v is not None})
+    return Run(created.info.run_id, exp, name)
+
+
+def _base_tags(hash_: str) -> dict:
+    commit = git_commit()
+    return {TAG_COMMIT: commit, "mlflow.source.git.commit": commit, TAG_EXP: exp_name(), TAG_HASH: hash_}
+
+
+def run_name(params: dict) -> str:
+    """The DVC experiment's name, else `<arch>-<loss>-<params hash>`."""
+    return exp_name() or f"{params.get('train.arch')}-{params.get('train.loss')}-{params_hash(params)}"
+
+
+def training_run(params: dict, resume_run_id: str | None = None):
+    """The train stage's run: new (params logged), or the stopped one it resumes."""
+    if resume_run_id is not None:
+        c = client()
+        got = c.get_run(resume_run_id)
+        c.update_run(resume_run_id, status="RUNNING")
+        return _lifecycle(Run(resume_run_id, got.info.experiment_id, got.info.run_name))
+    run = _new_run(EXPERIMENT, run_name(params), _base_tags(params_hash(params)))
+    run.log_params(params)
+    return _lifecycle(run)
+
+
+def abandon(run_id: str | None, why: str) -> None:
+    """A stopped run that will never resume (its params changed): KILLED, not RUNNING forever."""
+    if run_id is None:
+        return
+    c = client()
+    try:
+        status = c.get_run(run_id).info.status
+    except Exception:  # noqa: BLE001 - gone from this store: nothing to mark
+        return
+    if status == "RUNNING":
+        c.set_tag(run_id, TAG_NOTE, why)
+        c.set_terminated(run_id, "KILLED")
+
+
+def result_run(training: dict, params: dict):
+    """The run of one pipeline result (all params given here are logged).
+
+    Joins the training run when that training was made for this same
+    experiment and holds no result yet; otherwise a new run, linked to it by
+    the `training_run_id` tag, with its per-step curves copied in."""
+    c = client()
+    train_id = training["run_id"]
+    trained = c.get_run(train_id)
+    own = {k: v for k, v in params.items() if k not in trained.data.params}
+    same_params = all(trained.data.params.get(k) == str(v) for k, v in params.items() if k in trained.data.params)
+    joinable = (TAG_RESULT not in trained.data.tags and same_params
+                and trained.data.tags.get(TAG_EXP) == exp_name() and trained.info.status != "RUNNING")
+    hash_ = params_hash(params)
+    tags = {**_base_tags(hash_), TAG_TRAINING: train_id, TAG_RESULT: "true"}
+    if joinable:
+        name = run_name(params)
+        c.update_run(train_id, status="RUNNING", name=name)
+        run = Run(train_id, trained.info.experiment_id, name)
+        run.set_tags(tags)
+        run.log_params(own)
+        return _lifecycle(run)
+    run = _new_run(EXPERIMENT, run_name(params), tags)
+    link = f"#/experiments/{trained.info.experiment_id}/runs/{train_id}"
+    run.set_tags({TAG_NOTE: f"Evaluation that reuses the training of run [{trained.info.run_name}]({link}); "
+                            "its per-step curves are copied here."})
+    run.log_params(params)
+    _copy_curves(train_id, run)
+    return _lifecycle(run)
+
+
+def _copy_curves(source_id: str, target: Run) -> None:
+    """The training's per-step curves (step >= 1; a result's own metrics sit at step 0)
+    and its sample grids, into a result run that reuses that training."""
+    import tempfile
+
+    c = client()
+    keys = [k for k in c.get_run(source_id).data.metrics]
+    target.log_metrics([(k, m.value, m.step) for k in keys for m in c.get_metric_history(source_id, k) if m.step > 0])
+    if any(a.path == "samples" for a in c.list_artifacts(source_id)):
+        with tempfile.TemporaryDirectory() as tmp:
+            target.log_artifacts(c.download_artifacts(source_id, "samples", tmp), "samples")
+
+
+def reopen(record: dict):
+    """The run a run file names, for a later stage of the same result."""
+    c = client()
+    got = c.get_run(record["run_id"])
+    c.update_run(record["run_id"], status="RUNNING")
+    return _lifecycle(Run(record["run_id"], got.info.experiment_id, got.info.run_name))
 
 
 def last_logged_step(run_id: str, key: str) -> int:
     """The highest step of `key` already in the run (0 if none)."""
-    from mlflow.tracking import MlflowClient
+    return max((m.step for m in client().get_metric_history(run_id, key)), default=0)
 
-    return max((m.step for m in MlflowClient().get_metric_history(run_id, key)), default=0)
+
+# The registry ----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def registry_lock() -> Iterator[None]:
+    """One promotion at a time on this machine (the queue runs experiments side by side)."""
+    from filelock import FileLock
+
+    with FileLock(str(project_root() / ".mlflow-registry.lock"), timeout=600):
+        yield
+
+
+def tag_version(version: str, tags: dict) -> None:
+    for k, v in tags.items():
+        client().set_model_version_tag(REGISTERED_MODEL, version, k, str(v))
+
+
+def version_tags(version: str) -> dict:
+    return dict(client().get_model_version(REGISTERED_MODEL, version).tags)
+
+
+def champion() -> dict | None:
+    """The champion's version number and tags, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client().get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+    except MlflowException:
+        return None
+    return {"version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags)}
+
+
+def set_champion(version: str) -> None:
+    client().set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+
+
+# Reading runs back (the comparison report) -----------------------------------------------------
+
+def _as_dict(r) -> dict:
+    return {"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+            "experiment_id": r.info.experiment_id, "start_time": r.info.start_time,
+            "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)}
+
+
+def result_runs(selectors: list[str] | None = None) -> list[dict]:
+    """The experiment's FINISHED result runs, oldest first; or the runs named
+    (by run name or id) in `selectors`, in that order (of several runs with one
+    name, the newest FINISHED one)."""
+    c = client()
+    exp = c.get_experiment_by_name(EXPERIMENT)
+    found, token = [], None
+    while exp is not None:
+        page = c.search_runs([exp.experiment_id], filter_string=f"tags.{TAG_RESULT} = 'true'",
+                             order_by=["attributes.start_time ASC"], max_results=1000, page_token=token)
+        found += [_as_dict(r) for r in page]
+        token = page.token
+        if not token:
+            break
+    if not selectors:
+        return [r for r in found if r["status"] == "FINISHED"]
+    out = []
+    for s in selectors:
+        match = [r for r in found if s in (r["run_id"], r["name"])]
+        if not match:
+            raise StageError(f"--runs: no result run named or with id {s!r} in experiment {EXPERIMENT}")
+        finished = [r for r in match if r["status"] == "FINISHED"]
+        out.append((finished or match)[-1])
+    return out
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client().get_metric_history(run_id, key))
+
+
+def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
+    return [a.path for a in client().list_artifacts(run_id, path)]
+
+
+def download(run_id: str, path: str, dst: str | Path) -> Path:
+    return Path(client().download_artifacts(run_id, path, str(dst)))
+
+
+def report_run(name: str, tags: dict):
+    """A run of its own (in the reports experiment) for a comparison report."""
+    return _lifecycle(_new_run(REPORTS_EXPERIMENT, name, {**_base_tags(None), **tags}))
+
+
+def ui_url(base: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI page that lists the experiment's training runs (MLflow 3
+    otherwise opens its GenAI overview, which shows none)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id(EXPERIMENT)}/runs?workflowType=machine_learning"
+
+
+if __name__ == "__main__":  # `python -m pipeline.tracking url [BASE]`: what `make ui` prints
+    import sys
+
+    if sys.argv[1:2] == ["url"]:
+        print(ui_url(*sys.argv[2:3]))

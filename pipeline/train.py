@@ -82,23 +82,27 @@ def fixed_z(p: params.TrainParams, n: int = FIXED_Z) -> np.ndarray:
     return np.random.default_rng(p.seed).standard_normal((n, p.z_dim)).astype(np.float32)
 
 
-def fit(gan, p: params.TrainParams, x: np.ndarray, reports: Path, state=None, run_id: str | None = None,
-        start: int = 0, rows: list[dict] | None = None, logged_through: int = 0, verbose: int = 1):
-    """Train from step `start` to `p.steps`; returns the history callback.
+def fit(gan, p: params.TrainParams, x: np.ndarray, samples: Path, state=None, run=None,
+        start: int = 0, rows: list[dict] | None = None, logged_through: int = 0, verbose: int = 1,
+        extra_callbacks=()):
+    """Train from step `start` to `p.steps`, sample grids into `samples`; returns the
+    history callback. `run` (a tracking.Run, or None) gets the metrics and grids.
     Raises StageError naming the step if a loss turns NaN or inf."""
     from pipeline import callbacks as cb
 
     guard = cb.NonFiniteGuard()
-    history = cb.History(p.log_every, p.oscillation_window, run_id, rows, logged_through)
-    cbs = [guard, history, cb.SampleGrid(fixed_z(p), p.sample_every, reports / "samples", run_id)]
+    history = cb.History(p.log_every, p.oscillation_window, run, rows, logged_through)
+    cbs = [guard, history, cb.SampleGrid(fixed_z(p), p.sample_every, samples, run)]
     if state is not None:
         cbs.append(cb.Checkpoint(state, p.checkpoint_every, history, guard))
+    cbs += list(extra_callbacks)
     if start < p.steps:
         ds = dataset(x, p.batch_size * p.loss_params.n_critic, p.seed, skip_batches=start)
         # shuffle=False: the dataset shuffles itself (keras warns that it would ignore True).
         gan.fit(ds, epochs=1, steps_per_epoch=p.steps - start, callbacks=cbs, verbose=verbose, shuffle=False)
     if guard.bad_step is not None:
-        kept = f"; the last good checkpoint (step {cbs[-1].last}) is kept" if state is not None and cbs[-1].last > 0 else ""
+        ckpt = next((c for c in cbs if isinstance(c, cb.Checkpoint)), None)
+        kept = f"; the last good checkpoint (step {ckpt.last}) is kept" if ckpt is not None and ckpt.last > 0 else ""
         raise StageError(f"train: {', '.join(guard.bad_keys)} became NaN or inf at step {guard.bad_step}{kept}")
     return history
 
@@ -114,10 +118,8 @@ def progress_gif(samples: Path, target: Path) -> Path | None:
     return target
 
 
-def log_diagrams(gan, run_id: str) -> None:
+def log_diagrams(gan, run) -> None:
     """The architecture diagrams (the seeds' save_model()); needs Graphviz, so best effort."""
-    from mlflow.tracking import MlflowClient
-
     from pipeline.models import plot
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,7 +129,7 @@ def log_diagrams(gan, run_id: str) -> None:
         except (ImportError, OSError) as exc:
             print(f"train: architecture diagrams skipped ({exc})")
             return
-        MlflowClient().log_artifacts(run_id, tmp, "architecture")
+        run.log_artifacts(tmp, "architecture")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--reports", required=True)
     ap.add_argument("--checkpoints", required=True)
-    ap.add_argument("--run-file", required=True)
+    ap.add_argument("--run-file", required=True, help="the training's record: its MLflow run and params")
     args = ap.parse_args(argv)
 
     from pipeline.checkpoint import TrainState, fingerprint
@@ -146,38 +148,41 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(args.data).is_file():
         raise StageError(f"{args.data}: prepared data not found")
     ds = data.load_prepared(args.data)
-    reports = Path(args.reports)
+    reports, checkpoints = Path(args.reports), Path(args.checkpoints)
+    flat = {**p.flat(), "train.n_images": len(ds.x_train)}
     gan = build(p)
     if p.strategy != "default":
         print(f"train: {p.strategy} over {gan.distribute_strategy.num_replicas_in_sync} devices")
-    state = TrainState(args.checkpoints, gan, fingerprint(p.model_dump(mode="json"), args.data))
+    state = TrainState(checkpoints, gan, fingerprint(p.model_dump(mode="json"), args.data))
     resumed = state.restore()
+    tracking.abandon(state.abandoned_run_id, "Stopped before it finished; the next run had other params or "
+                                             "data, so it never resumed.")
     start, rows = resumed if resumed else (0, [])
-    if not resumed:
-        shutil.rmtree(reports / "samples", ignore_errors=True)
 
-    with tracking.run(args.run_file, new=state.run_id is None, run_id=state.run_id) as active:
-        import mlflow
-
-        state.run_id = active.info.run_id
+    with tracking.training_run(flat, resume_run_id=state.run_id) as run:
+        state.run_id = run.run_id
         if resumed:
-            print(f"train: resuming MLflow run {state.run_id} from step {start}")
-            logged = tracking.last_logged_step(state.run_id, "d_loss")
+            print(f"train: resuming MLflow run {run.name} ({run.run_id}) from step {start}")
+            logged = tracking.last_logged_step(run.run_id, "d_loss")
         else:
-            mlflow.log_params(p.flat())
-            mlflow.log_param("train.n_images", len(ds.x_train))
-            log_diagrams(gan, state.run_id)
+            print(f"train: MLflow run {run.name} ({run.run_id})")
+            log_diagrams(gan, run)
             logged = 0
-        history = fit(gan, p, ds.x_train, reports, state, state.run_id, start, rows, logged)
+        # Grids live beside the checkpoints until the end, so a resumed run keeps
+        # the ones drawn before it stopped (DVC clears the stage's outputs first).
+        history = fit(gan, p, ds.x_train, checkpoints / "samples", state, run, start, rows, logged)
         history.to_csv(reports / "losses.csv")
+        with atomic.atomic_dir(reports / "samples") as tmp:
+            for grid in sorted((checkpoints / "samples").glob("step_*.png")):
+                shutil.copy2(grid, tmp / grid.name)
         gif = progress_gif(reports / "samples", reports / "progress.gif")
         if gif:
-            mlflow.log_artifact(str(gif), "samples")
+            run.log_artifact(gif, "samples")
         from pipeline.gan import standing_statistics
 
         with atomic.atomic_path(args.model) as tmp:
             standing_statistics(gan.sampler, p.seed).save(tmp)
-        atomic.write_json(args.run_file, tracking.run_record(active))
+        atomic.write_json(args.run_file, {**run.record(), "params": flat})
         state.mark_complete()
     print(f"train: {p.steps} steps of {p.arch}/{p.loss}; generator -> {args.model}")
 

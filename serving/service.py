@@ -4,10 +4,11 @@
 
 Owns the HTTP contract: `/generate` (adaptive batching), `/render`, `/sample`,
 `/interpolate`, `/info` (the model card), the `/ui` page, and the input
-bounds every endpoint enforces. Loads `mnist_gan_generator:latest` from the
-BentoML store (MNIST_GAN_MODEL_TAG pins another tag) and reads z_dim and the
-output range from the model card saved beside the SavedModel, so a generator
-of any z_dim is served without code changes. Imports nothing from
+bounds every endpoint enforces. Loads the generator that `serving.selection`
+picks: the registry's champion by default, or what `--arg model=latest|<tag>`
+(or MNIST_GAN_MODEL) asks for by name; `/info` says which and why. Reads z_dim
+and the output range from the model card saved beside the SavedModel, so a
+generator of any z_dim is served without code changes. Imports nothing from
 `pipeline/`: the SavedModel and its card are the contract.
 """
 from __future__ import annotations
@@ -26,13 +27,14 @@ from bentoml.validators import ContentType
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from PIL import Image
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+from serving import selection
 
 # TensorFlow's oneDNN kernels, which it turns on by default only on CPUs with
 # AVX-512 VNNI or newer: the DCGAN generator at batch 64 went from 279 to 408
 # images/s here (one thread). Set before TensorFlow loads, in the worker.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-MODEL_TAG = os.environ.get("MNIST_GAN_MODEL_TAG", "mnist_gan_generator:latest")
 Z_BOUND = 10.0          # |z| per component; N(0, 1) draws beyond this carry no meaning
 MAX_BATCH = 256         # z-vectors per /generate request
 MAX_BODY_BYTES = 4 << 20  # request bodies; a full /generate batch of z_dim 100 is about 0.6 MiB
@@ -52,7 +54,7 @@ def _load_card(ref: bentoml.models.BentoModel) -> tuple[str, Path, dict]:
     if stored is None:
         raise BentoMLException(
             f"model {ref.tag} is not in the BentoML store (BENTOML_HOME); run the "
-            "pipeline's export stage, or set MNIST_GAN_MODEL_TAG to a stored tag")
+            "pipeline's export stage, or ask for a stored tag (--arg model=<tag>)")
     path = Path(stored.path)
     return str(stored.tag), path, json.loads((path / "model_card.json").read_text())
 
@@ -80,6 +82,17 @@ if os.environ.get("MNIST_GAN_BATCH_HOLD", "0") != "1":
     # Read by the dispatcher BentoML builds for each batchable API, after this import.
     _dispatcher.Optimizer = _NoHoldOptimizer
 
+class ServeArgs(BaseModel):
+    """`bentoml serve ... --arg model=...` (kept in a Bento built with it)."""
+    model: str = selection.ALIAS
+
+
+# The environment wins over the argument, so a container can be pointed at another tag.
+SELECTOR = os.environ.get("MNIST_GAN_MODEL") or bentoml.use_arguments(ServeArgs).model
+try:
+    MODEL_TAG, SELECTION = selection.resolve(SELECTOR)
+except selection.NoChampion as exc:
+    raise BentoMLException(str(exc)) from None
 MODEL = bentoml.models.BentoModel(MODEL_TAG)
 TAG, MODEL_PATH, CARD = _load_card(MODEL)
 Z_DIM = int(CARD["z_dim"])
@@ -253,10 +266,13 @@ class Generator:
 
     @page.get("/info")
     def info(self) -> dict:
-        """The model card, with the BentoML tag; `verdict` only when the card has one."""
-        keys = ("z_dim", "arch", "loss", "params", "metrics", "mlflow_run_id", "data_sha256", "output")
+        """The model card, with the BentoML tag and why this model is the one served
+        (`selected`); `verdict` only when the card has one."""
+        keys = ("z_dim", "arch", "loss", "params", "metrics", "mlflow_run_id", "data_sha256", "output",
+                "registered_model", "promotion")
         card = {k: CARD.get(k) for k in keys}
         card["tag"] = TAG
+        card["selected"] = SELECTION
         if "verdict" in CARD:
             card["verdict"] = CARD["verdict"]
         card["bounds"] = {"z_abs_max": Z_BOUND, "max_batch": MAX_BATCH, "max_body_bytes": MAX_BODY_BYTES}

@@ -89,11 +89,26 @@ def test_outputs(pipeline_run):
 
 
 def test_mlflow_run(pipeline_run, mlflow_client):
+    """One run holds the whole result: named, tagged, every stage's params, all metrics."""
     project = pipeline_run[0]
-    run_id = json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
+    record = json.loads((project / "reports/mlflow_run.json").read_text())
+    run_id = record["run_id"]
+    assert record["training_run_id"] == run_id  # the result joined its own training's run
+    assert json.loads((project / "reports/train/run.json").read_text())["run_id"] == run_id
+    runs = mlflow_client.search_runs([record["experiment_id"]])
+    assert [r.info.run_id for r in runs] == [run_id]
     run = mlflow_client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.steps"] == str(STEPS) and run.data.params["evaluate.num_samples"] == "64"
+    p = run.data.params
+    assert (p["prepare.limit"], p["train.steps"], p["judge.width"], p["evaluate.num_samples"]) == \
+        ("300", str(STEPS), "4", "64")
+    tags = run.data.tags
+    assert run.info.run_name == f"mlp-bce-{tags['params_hash']}" and len(tags["params_hash"]) == 8
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert tags["git_commit"] == commit and tags["result"] == "true" and "dvc_exp_name" not in tags
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert {k: run.data.metrics[k] for k in metrics} == pytest.approx({k: float(v) for k, v in metrics.items()})
+    assert run.data.metrics["judge_test_accuracy"] == json.loads((project / "reports/judge.json").read_text())["test_accuracy"]
     for key in ("d_loss", "g_loss"):
         hist = mlflow_client.get_metric_history(run_id, key)
         assert sorted(h.step for h in hist) == list(range(1, STEPS + 1))
@@ -108,13 +123,18 @@ def test_mlflow_run(pipeline_run, mlflow_client):
     versions = mlflow_client.search_model_versions("name='mnist-gan-generator'")
     assert [v.run_id for v in versions] == [run_id]
     assert "champion" not in mlflow_client.get_registered_model("mnist-gan-generator").aliases  # gate failed
-    assert json.loads((project / "export/model_card.json").read_text())["mlflow_run_id"] == run_id
+    assert run.data.tags["promotion.promoted"] == "False" and "quality gate" in run.data.tags["promotion.reason"]
+    card = json.loads((project / "export/model_card.json").read_text())
+    assert card["mlflow_run_id"] == run_id and card["registered_model"]["version"] == str(versions[0].version)
+    assert card["params"]["train.steps"] == STEPS and card["promotion"]["promote"] is False
+    assert "tracking_uri" in record and "@" not in record["tracking_uri"]
 
 
 @pytest.fixture(scope="module")
 def served(pipeline_run):
     project, env, _ = pipeline_run
-    server = Served(project, env)
+    # No version passed the gate, so there is no champion: serve the newest export by name.
+    server = Served(project, dict(env, MNIST_GAN_MODEL="latest"))
     try:
         server.wait_ready()
         yield server, project
@@ -157,3 +177,23 @@ def test_bad_input_is_400_naming_the_field(served, path, body, field):
     assert r.status_code == 400, (r.status_code, r.text)
     assert field in r.text
     assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 200
+
+
+def test_no_champion_says_in_one_line_how_to_serve_another(pipeline_run):
+    """`make serve` asks serving.selection first: with no champion it stops with one line."""
+    import sys
+
+    project, env, _ = pipeline_run
+    proc = subprocess.run([sys.executable, "-m", "serving.selection"], cwd=project, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no champion yet" in lines[0] and "MODEL=latest" in lines[0], proc.stderr
+
+
+def test_info_says_what_is_served_and_why(served):
+    server, project = served
+    info = requests.get(f"{server.url}/info", timeout=30).json()
+    assert info["selected"]["by"] == "latest" and "asked for by name" in info["selected"]["reason"]
+    card = json.loads((project / "export/model_card.json").read_text())
+    assert info["registered_model"] == card["registered_model"] and info["mlflow_run_id"] == card["mlflow_run_id"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from pipeline import data, evaluate, judge, params
+from pipeline import classifier, data, evaluate, judge, params
 
 N = 500  # one sampling batch: the table generators below map a batch's z to distinct images
 
@@ -60,7 +60,7 @@ def heldout(mnist, p):
 
 def run_stage(generator, mnist, judge_path):
     p = params.EvaluateParams(num_samples=N)
-    return evaluate.evaluate(generator, judge.load(judge_path), mnist, p)[:2]
+    return evaluate.evaluate(generator, classifier.load(judge_path), mnist, p)[:2]
 
 
 def test_training_images_are_flagged_as_memorization(mnist, judge_model):
@@ -95,7 +95,7 @@ def test_one_digit_dataset_is_not_collapse_for_one_digit(mnist, judge_model, tmp
     sevens = data.Mnist(mnist.x_train[keep_tr], mnist.y_train[keep_tr], mnist.x_test[keep_te], mnist.y_test[keep_te])
     p = params.EvaluateParams(num_samples=N)
     gen = table_generator(sevens.x_test[heldout(sevens, p)])
-    m, v = evaluate.evaluate(gen, judge.load(judge_model), sevens, p)[:2]
+    m, v = evaluate.evaluate(gen, classifier.load(judge_model), sevens, p)[:2]
     assert m["modes_expected"] == 1 and m["modes_covered"] == 1 and m["class_kl"] < p.kl_max
     assert not v["mode_collapse"] and not v["memorization"], v
 

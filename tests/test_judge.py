@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import data, judge, params
+from pipeline import classifier, data, judge, params
 from pipeline.errors import StageError
 
 
@@ -18,7 +18,7 @@ def test_main_writes_model_and_report(tmp_path):
                 "--model", str(tmp_path / "judge.keras"), "--report", str(tmp_path / "judge.json")])
     report = json.loads((tmp_path / "judge.json").read_text())
     assert report["num_train"] == 64 and 0 <= report["test_accuracy"] <= 1
-    feats, probs = judge.embed(judge.load(tmp_path / "judge.keras"), ds.x_test)
+    feats, probs = classifier.embed(classifier.load(tmp_path / "judge.keras"), ds.x_test)
     assert feats.shape == (16, 8) and probs.shape == (16, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
 

@@ -37,7 +37,7 @@ def home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(home):
     tmp, env, tag = home
-    served = Served(tmp, dict(env, MNIST_GAN_MODEL_TAG=tag))
+    served = Served(tmp, dict(env, MNIST_GAN_MODEL=tag))
     try:
         served.wait_ready()
         yield served
@@ -265,7 +265,7 @@ def test_z_dim_64_served_from_the_card_alone(home):
     """Another generator (z_dim 64, no verdict in its card) with the same code."""
     tmp, env, _ = home
     tag = store_generator(env, "mlp", 64, verdict=None)
-    served = Served(tmp, dict(env, MNIST_GAN_MODEL_TAG=tag))
+    served = Served(tmp, dict(env, MNIST_GAN_MODEL=tag))
     try:
         served.wait_ready()
         info = requests.get(f"{served.url}/info", timeout=10).json()
@@ -300,10 +300,11 @@ def test_page_renders_in_headless_chromium(server, tmp_path):
 
 
 def test_bentoml_build(home):
-    """`bentoml build` from serving/bentofile.yaml packs the service and the
-    page and names the stored model."""
-    tmp, env, _ = home
-    proc = subprocess.run([str(BIN / "bentoml"), "build", "-f", "serving/bentofile.yaml", "--output", "tag", "."],
+    """`bentoml build` from serving/bentofile.yaml, as `make bento` runs it, packs the
+    service and the page and the model asked for, and keeps the choice in the Bento."""
+    tmp, env, chosen = home
+    proc = subprocess.run([str(BIN / "bentoml"), "build", "-f", "serving/bentofile.yaml", "--output", "tag",
+                           "--arg", f"model={chosen}", "."],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     tag = proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
@@ -316,4 +317,5 @@ def test_bentoml_build(home):
     stored = {f"mnist_gan_generator:{p.name}" for p in (tmp / "bentoml/models/mnist_gan_generator").iterdir()
               if (p / "saved_model/saved_model.pb").is_file()}
     referenced = yaml.safe_load(manifest)["services"][0]["models"]
-    assert [m["tag"] for m in referenced] and {m["tag"] for m in referenced} <= stored
+    assert [m["tag"] for m in referenced] == [chosen] and chosen in stored
+    assert yaml.safe_load(manifest)["args"] == {"model": chosen}

@@ -95,7 +95,7 @@ def test_sample_grid_shows_the_generator_as_it_would_be_saved(tmp_path):
 
     p = params.TrainParams(arch="mlp", steps=3, batch_size=8, z_dim=8, ema=0.9, sample_every=3, jit_compile=False)
     gan = train.build(p)
-    train.fit(gan, p, rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), tmp_path, verbose=0)
+    train.fit(gan, p, rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), tmp_path / "samples", verbose=0)
     z = train.fixed_z(p)
     settled = standing_statistics(gan.sampler, p.seed, samples=callbacks.GRID_STANDING_SAMPLES)
     want = images.to_uint8(settled(z, training=False).numpy())[:16]
@@ -229,18 +229,61 @@ def test_same_seed_same_losses(tmp_path, uninterrupted):
     assert first == [(r["d_loss"], r["g_loss"]) for r in losses_csv(tmp_path)]
 
 
-def wait_for_checkpoint(d: Path, proc, at_least: int, timeout: float = 240) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "training ended before it could be stopped"
-        try:
-            step = json.loads((d / "models/checkpoints/meta.json").read_text())["step"]
-            if step >= at_least:
-                return step
-        except (OSError, ValueError, KeyError):
-            pass
+# train.main with one more callback that, at step GATE_STEP, writes GATE_FILE and
+# then waits for a signal: the tests stop the run at a known step on any machine,
+# however fast, instead of racing it.
+GATED = """
+import os, sys, time
+import keras
+from pipeline import errors, train
+
+class Gate(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.g_optimizer.iterations.numpy()) == int(os.environ["GATE_STEP"]):
+            open(os.environ["GATE_FILE"], "w").close()
+            while True:
+                time.sleep(0.05)
+
+fit = train.fit
+train.fit = lambda *a, **k: fit(*a, extra_callbacks=[Gate()], **k)
+errors.run_stage(train.main, sys.argv[1:])
+"""
+
+
+def gated(d: Path, step: int, **popen):
+    """train.main in a process that holds at `step` (its checkpoint written) until signalled."""
+    gate = d / f"gate-{step}"
+    gate.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", GATED, *train_cmd(d)[3:]],
+                            env={**env_for(d), "GATE_STEP": str(step), "GATE_FILE": str(gate)}, text=True, **popen)
+    deadline = time.monotonic() + 300
+    while not gate.exists():
+        assert proc.poll() is None, f"training ended before step {step}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"step {step} not reached in 300 s"
         time.sleep(0.05)
-    raise TimeoutError("no checkpoint")
+    return proc
+
+
+def checkpoint_meta(d: Path) -> dict:
+    return json.loads((d / "models/checkpoints/meta.json").read_text())
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_signal_marks_the_run_failed_and_keeps_the_checkpoint(tmp_path, uninterrupted, sig, code, word):
+    import shutil
+
+    shutil.copy(uninterrupted / "mnist.npz", tmp_path / "mnist.npz")
+    (tmp_path / "params.yaml").write_text(RESUME_PARAMS)
+    proc = gated(tmp_path, 20, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert f"error: {word}; run the stage again" in err
+    meta = checkpoint_meta(tmp_path)
+    assert meta["step"] == 20 and not meta["complete"]
+    assert mlflow_client(tmp_path).get_run(meta["run_id"]).info.status == "FAILED"
+    assert not (tmp_path / "models/generator.keras").exists() and not (tmp_path / "reports/run.json").exists()
 
 
 def test_interrupt_and_kill_then_resume_exactly(tmp_path, uninterrupted):
@@ -250,24 +293,23 @@ def test_interrupt_and_kill_then_resume_exactly(tmp_path, uninterrupted):
     shutil.copy(uninterrupted / "mnist.npz", d / "mnist.npz")
     (d / "params.yaml").write_text(RESUME_PARAMS)
 
-    # Ctrl-C: a clean stop, the run marked FAILED, the checkpoint kept.
-    proc = subprocess.Popen(train_cmd(d), env=env_for(d), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_checkpoint(d, proc, 10)
-    proc.send_signal(signal.SIGINT)
+    # SIGTERM (as `kill` and `dvc queue kill` send) at step 10: a clean stop, the run FAILED.
+    proc = gated(d, 10, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc.terminate()
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "resume" in err
-    run_id = json.loads((d / "models/checkpoints/meta.json").read_text())["run_id"]
+    assert proc.returncode == 143 and "resume" in err
+    run_id = checkpoint_meta(d)["run_id"]
     assert mlflow_client(d).get_run(run_id).info.status == "FAILED"
 
-    # SIGKILL: no chance to clean up at all.
-    proc = subprocess.Popen(train_cmd(d), env=env_for(d), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for_checkpoint(d, proc, 50)
+    # SIGKILL at step 50 (after resuming from 10): no chance to clean up at all.
+    proc = gated(d, 50, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.kill()
     proc.wait()
+    assert checkpoint_meta(d)["step"] == 50
 
     done = subprocess.run(train_cmd(d), env=env_for(d), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming MLflow run" in done.stdout
+    assert "resuming MLflow run" in done.stdout and "from step 50" in done.stdout
 
     rows = losses_csv(d)
     assert [int(r["step"]) for r in rows] == list(range(1, 121))
@@ -276,7 +318,8 @@ def test_interrupt_and_kill_then_resume_exactly(tmp_path, uninterrupted):
         [(r["d_loss"], r["g_loss"]) for r in losses_csv(uninterrupted)]
 
     client = mlflow_client(d)
-    assert json.loads((d / "reports/run.json").read_text())["run_id"] == run_id
+    record = json.loads((d / "reports/run.json").read_text())
+    assert record["run_id"] == run_id and record["params"]["train.steps"] == 120
     assert client.get_run(run_id).info.status == "FINISHED"
     for key in ("d_loss", "g_loss"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(1, 121))
@@ -294,6 +337,26 @@ def test_interrupt_and_kill_then_resume_exactly(tmp_path, uninterrupted):
     again = subprocess.run(train_cmd(d), env=env_for(d), capture_output=True, text=True)
     assert again.returncode == 0 and "resuming" not in again.stdout
     assert json.loads((d / "reports/run.json").read_text())["run_id"] != run_id
+
+
+def test_killed_run_whose_params_change_is_not_left_running(tmp_path, uninterrupted):
+    import shutil
+
+    shutil.copy(uninterrupted / "mnist.npz", tmp_path / "mnist.npz")
+    (tmp_path / "params.yaml").write_text(RESUME_PARAMS)
+    proc = gated(tmp_path, 10, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc.kill()
+    proc.wait()
+    stopped = checkpoint_meta(tmp_path)["run_id"]
+    client = mlflow_client(tmp_path)
+    assert client.get_run(stopped).info.status == "RUNNING"  # SIGKILL left no chance to say otherwise
+
+    proc = run_train(tmp_path, RESUME_PARAMS.replace("steps: 120", "steps: 5"))
+    assert proc.returncode == 0 and "resuming" not in proc.stdout, proc.stderr[-2000:]
+    old = client.get_run(stopped)
+    assert old.info.status == "KILLED" and "never resumed" in old.data.tags["mlflow.note.content"]
+    new = json.loads((tmp_path / "reports/run.json").read_text())["run_id"]
+    assert new != stopped and client.get_run(new).info.status == "FINISHED"
 
 
 def test_changed_params_start_fresh(tmp_path, uninterrupted):

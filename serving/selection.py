@@ -1,0 +1,87 @@
+"""Which stored generator the service loads.
+
+    python -m serving.selection [--tag] [champion|latest|<bentoml tag>]
+
+prints the choice in one line (what `make serve` does first), or why there is
+none, with exit status 1; `--tag` prints only the stored tag it resolves to
+(what `make bento` packs).
+
+- `champion` (the default): the version the MLflow registry's alias
+  `champion` names, found through `MLFLOW_TRACKING_URI` (default: `mlflow.db`
+  in the working directory); the export stage tags each registered version
+  with its BentoML tag and the reason for its promotion.
+- `latest`: the newest export in the BentoML store, asked for by name.
+- anything else: a BentoML tag, `mnist_gan_generator:<version>`.
+
+MLflow is imported only for `champion`; nothing here imports `pipeline/`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+BENTO_MODEL = "mnist_gan_generator"
+REGISTERED_MODEL = os.environ.get("MNIST_GAN_REGISTERED_MODEL", "mnist-gan-generator")
+ALIAS = "champion"
+HOW_TO = ("serve another explicitly: make serve MODEL=latest, or MODEL=<tag> "
+          "(bentoml models list); or bentoml serve ... --arg model=latest")
+
+
+class NoChampion(Exception):
+    """No version holds the alias, or no registry to ask."""
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def champion() -> tuple[str, dict]:
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise NoChampion(f"no champion: no MLflow store at {uri[len('sqlite:///'):]} (MLFLOW_TRACKING_URI); {HOW_TO}")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        mv = MlflowClient(uri).get_model_version_by_alias(REGISTERED_MODEL, ALIAS)
+    except MlflowException:
+        raise NoChampion(f"no champion yet: no version of {REGISTERED_MODEL} has passed the quality gate "
+                         f"and the ranking; {HOW_TO}") from None
+    tag = mv.tags.get("bentoml_tag")
+    if not tag:
+        raise NoChampion(f"champion {REGISTERED_MODEL} v{mv.version} has no bentoml_tag; {HOW_TO}")
+    return tag, {"by": ALIAS, "registered_model": REGISTERED_MODEL, "version": str(mv.version),
+                 "reason": f"alias {ALIAS} of {REGISTERED_MODEL} -> v{mv.version}; promoted because: "
+                           f"{mv.tags.get('promotion', 'set by hand')}"}
+
+
+def resolve(selector: str) -> tuple[str, dict]:
+    """(BentoML tag, how it was chosen) for `champion`, `latest` or a tag."""
+    if selector == ALIAS:
+        return champion()
+    if selector == "latest":
+        return f"{BENTO_MODEL}:latest", {"by": "latest", "reason": "asked for by name: the newest stored export"}
+    return selector, {"by": "tag", "reason": f"asked for by tag {selector}"}
+
+
+def main(argv: list[str]) -> int:
+    only_tag = "--tag" in argv
+    rest = [a for a in argv if a != "--tag"]
+    selector = rest[0] if rest else ALIAS
+    try:
+        tag, how = resolve(selector)
+    except NoChampion as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if only_tag:
+        import bentoml
+
+        print(bentoml.models.get(tag).tag)
+    else:
+        print(f"serving {tag}: {how['reason']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

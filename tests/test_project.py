@@ -1,0 +1,86 @@
+"""Facts about the project's own files: every stage's `deps` in dvc.yaml list
+every `pipeline/` module it imports (directly or not), MLflow is imported in
+one module only, and no stage imports another stage."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = ROOT / "pipeline"
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """`pipeline.*` modules a file imports anywhere in it (lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("pipeline.")}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "pipeline":
+                found |= {f"pipeline.{a.name}" for a in node.names}
+            elif node.module.startswith("pipeline."):
+                found.add(node.module)
+    return {m for m in found if (PIPELINE / f"{m.split('.', 1)[1]}.py").is_file()}
+
+
+def closure(module: str) -> set[str]:
+    """The module and everything it imports from pipeline/, transitively, as paths."""
+    seen, todo = set(), [module]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo += imported_modules(PIPELINE / f"{m.split('.', 1)[1]}.py")
+    # Importing any of them runs the package's __init__ first.
+    return {f"pipeline/{m.split('.', 1)[1]}.py" for m in seen} | {"pipeline/__init__.py"}
+
+
+def stage_module(stage: dict) -> str:
+    return re.search(r"python -m (pipeline\.\w+)", stage["cmd"]).group(1)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_list_every_module_it_imports(name):
+    stage = STAGES[name]
+    listed = {d for d in stage["deps"] if d.startswith("pipeline/")}
+    needed = closure(stage_module(stage))
+    assert needed <= listed, f"{name}: add to deps: {sorted(needed - listed)}"
+    # Modules listed but never imported: files the stage reads (export logs mlflow_model.py).
+    for extra in listed - needed:
+        assert (ROOT / extra).is_file(), f"{name}: {extra} does not exist"
+        assert extra.removeprefix("pipeline/").removesuffix(".py") in (PIPELINE / f"{stage_module(stage).split('.')[1]}.py").read_text(), \
+            f"{name}: {extra} is listed but neither imported nor named by the stage"
+
+
+def test_no_stage_imports_another_stage():
+    stage_files = {f"pipeline/{stage_module(s).split('.', 1)[1]}.py" for s in STAGES.values()}
+    for f in stage_files:
+        others = {f"pipeline/{m.split('.', 1)[1]}.py" for m in imported_modules(ROOT / f)} & stage_files
+        assert not others - {f}, f"{f} imports the stage(s) {sorted(others - {f})}"
+
+
+def test_mlflow_is_imported_in_the_tracking_module_only():
+    importers = set()
+    for path in sorted(PIPELINE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
+                importers.add(path.name)
+    # mlflow_model.py is the logged model's own code (MLflow "models from code").
+    assert importers == {"tracking.py", "mlflow_model.py"}
+
+
+def test_serving_imports_nothing_from_pipeline():
+    for path in (ROOT / "serving").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.split(".")[0] == "pipeline" for n in names), path
