@@ -54,10 +54,14 @@ def add_columns(page, keys: list[str]) -> None:
 
 
 def table(page) -> tuple[list[str], list[str]]:
-    """(column headers, the text of each row) as rendered."""
+    """(column headers, the text of each row) as rendered. The grid draws its pinned
+    columns (the run name) and the others as separate rows of one row index: joined."""
     headers = [h.inner_text().strip() for h in page.get_by_role("columnheader").all()]
-    rows = [r.inner_text() for r in page.get_by_role("row").all()]
-    return [h for h in headers if h], rows
+    rows: dict[str, list[str]] = {}
+    for r in page.get_by_role("row").all():
+        if r.get_attribute("row-index") is not None:  # data rows; the header rows have none
+            rows.setdefault(r.get_attribute("aria-rowindex"), []).append(r.inner_text())
+    return [h for h in headers if h], ["\n".join(parts) for parts in rows.values()]
 
 
 def compare(page, runs: list[str]) -> None:

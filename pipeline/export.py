@@ -60,7 +60,7 @@ def _beats(challenger: dict, champion: dict) -> tuple[bool, str]:
         a, b = float(challenger[key]), float(champion[key])
         if a != b:
             wins = a < b if better == "lower" else a > b
-            return wins, f"{key} {a:.4g} {'<' if a < b else '>'} {b:.4g} of champion v{champion['version']}"
+            return wins, f"{key} {a:.6g} {'<' if a < b else '>'} {b:.6g} of champion v{champion['version']}"
     return False, f"ties champion v{champion['version']} on {', '.join(k for k, _ in RANKING)}"
 
 

@@ -38,10 +38,16 @@ def tracking_uri() -> str:
 
 def champion() -> tuple[str, dict]:
     uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise NoChampion(f"no champion: no MLflow store at {uri[len('sqlite:///'):]} (MLFLOW_TRACKING_URI); {HOW_TO}")
+    db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    # An empty file is no store either (opening it would create one: a read must not write).
+    if db is not None and (not db.is_file() or db.stat().st_size == 0):
+        raise NoChampion(f"no champion: no MLflow store at {db} (MLFLOW_TRACKING_URI); {HOW_TO}")
+    import logging
+
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema upgrade notes
 
     try:
         mv = MlflowClient(uri).get_model_version_by_alias(REGISTERED_MODEL, ALIAS)

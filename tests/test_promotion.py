@@ -1,0 +1,247 @@
+"""Promotion of the registry alias `champion` (pipeline/export.py `decide`):
+the pure rule, then the real export stage against a temp MLflow store and
+BentoML home, then `serving.selection` and a real `bentoml serve` of the champion."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from e2e_util import ROOT, Served, serving_env
+from pipeline.export import decide
+
+pytestmark = pytest.mark.e2e
+PROTOCOL = "abc123def456"
+NAME = "mnist-gan-generator"
+
+
+# 1. The rule, as a pure function --------------------------------------------------------------
+
+def challenger(fcd=10.0, ratio=0.9, gate=True, protocol=PROTOCOL, version="3"):
+    return {"version": version, "quality_gate_passed": gate, "reasons": [] if gate else ["fcd=80 > fcd_max=50"],
+            "eval_protocol": protocol, "fcd": fcd, "classifier_score_ratio": ratio}
+
+
+# As they come back from MLflow version tags: strings.
+CHAMPION = {"version": "2", "fcd": "10.0", "classifier_score_ratio": "0.9", "eval_protocol": PROTOCOL,
+            "quality_gate_passed": "True", "bentoml_tag": "mnist_gan_generator:x"}
+
+
+@pytest.mark.parametrize("champ", [None, CHAMPION])
+def test_gate_failed_is_never_promoted_whatever_the_metrics(champ):
+    d = decide(challenger(fcd=0.1, ratio=1.5, gate=False), champ)
+    assert d["promote"] is False and d["champion_before"] == (champ and "2")
+    assert "quality gate" in d["reason"] and "fcd=80 > fcd_max=50" in d["reason"]
+
+
+def test_first_passing_version_is_promoted():
+    d = decide(challenger(fcd=40.0, ratio=0.91), None)
+    assert d == {"promote": True, "champion_before": None, "reason": d["reason"]} and "first" in d["reason"]
+
+
+def test_better_fcd_is_promoted_and_says_against_what():
+    d = decide(challenger(fcd=8.0), CHAMPION)  # 8 < 10, though "8.0" > "10.0" as strings
+    assert d["promote"] is True and d["champion_before"] == "2"
+    assert "fcd" in d["reason"] and "8" in d["reason"] and "10" in d["reason"] and "v2" in d["reason"]
+
+
+def test_worse_fcd_keeps_the_champion_even_with_a_higher_ratio():
+    d = decide(challenger(fcd=12.0, ratio=0.99), CHAMPION)
+    assert d["promote"] is False and d["champion_before"] == "2"
+    assert "12" in d["reason"] and "10" in d["reason"] and "v2" in d["reason"]
+
+
+@pytest.mark.parametrize("ratio, promote", [(0.95, True), (0.85, False)])
+def test_equal_fcd_is_decided_by_classifier_score_ratio(ratio, promote):
+    d = decide(challenger(fcd=10, ratio=ratio), CHAMPION)
+    assert d["promote"] is promote and "classifier_score_ratio" in d["reason"] and str(ratio) in d["reason"]
+
+
+def test_exact_tie_keeps_the_champion():
+    d = decide(challenger(fcd=10, ratio=0.9), CHAMPION)  # 10 == "10.0", 0.9 == "0.9"
+    assert d["promote"] is False and d["champion_before"] == "2" and "ties" in d["reason"]
+
+
+def test_other_protocol_is_not_ranked():
+    d = decide(challenger(fcd=0.5, ratio=1.2, protocol="ffff00000000"), CHAMPION)
+    assert d["promote"] is False and d["champion_before"] == "2"
+    assert "protocol" in d["reason"] and PROTOCOL in d["reason"] and "ffff00000000" in d["reason"]
+
+
+# 2. The export stage, five challengers in a row ------------------------------------------------
+
+# (gate passed, fcd, classifier_score_ratio, protocol id) -> (champion after, promoted, words in the reason)
+SEQUENCE = [
+    ((False, 5.0, 0.95, PROTOCOL), (None, False, ["quality gate", "too few modes"])),
+    ((True, 10.0, 0.9, PROTOCOL), ("2", True, ["first"])),
+    ((True, 12.0, 0.95, PROTOCOL), ("2", False, ["12", "10", "v2"])),
+    ((True, 8.0, 0.9, PROTOCOL), ("4", True, ["8", "10", "v2"])),
+    ((True, 1.0, 0.99, "0therprot0c0l"), ("4", False, ["protocol", PROTOCOL, "0therprot0c0l"])),
+]
+
+_SETUP = """
+import json, sys
+from pathlib import Path
+from pipeline import tracking
+from pipeline.models import build_generator
+from pipeline.params import TrainParams
+
+tmp, sequence = Path(sys.argv[1]), json.loads(sys.argv[2])
+build_generator(TrainParams(arch="mlp", z_dim=8)).save(tmp / "generator.keras")
+for i, (gate, fcd, ratio, protocol) in enumerate(sequence, 1):
+    d = tmp / f"c{i}"
+    d.mkdir()
+    params = {"train.arch": "mlp", "train.loss": "bce", "train.z_dim": 8, "train.seed": i}
+    with tracking.training_run(params) as t:
+        pass
+    with tracking.result_run({"run_id": t.run_id, "params": params}, {**params, "evaluate.seed": 0}) as r:
+        rec = r.record()
+    files = {"metrics": {"fcd": fcd, "classifier_score_ratio": ratio, "quality_gate_passed": float(gate)},
+             "verdict": {"mode_collapse": not gate, "memorization": False, "quality_gate_passed": gate,
+                         "reasons": [] if gate else ["mode_collapse: too few modes"]},
+             "protocol": {"id": protocol}, "data": {"data_sha256": "0" * 64},
+             "train_run": {"run_id": t.run_id, "params": params},
+             "mlflow_run": {**rec, "training_run_id": t.run_id}}
+    for name, obj in files.items():
+        (d / f"{name}.json").write_text(json.dumps(obj))
+"""
+
+
+def _env(tmp: Path, db: str = "mlflow.db") -> dict[str, str]:
+    env = serving_env(tmp)
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp / db}", DVC_ROOT=str(tmp))
+    env.pop("DVC_EXP_NAME", None)
+    env.pop("MNIST_GAN_MODEL", None)
+    return env
+
+
+def _py(args: list[str], env: dict, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def sequence(tmp_path_factory):
+    """Each challenger through `python -m pipeline.export`, and what the store says right after it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("promotion")
+    env = _env(tmp)
+    setup = _py(["-c", _SETUP, str(tmp), json.dumps([s for s, _ in SEQUENCE])], env)
+    assert setup.returncode == 0, setup.stderr[-3000:]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    seen = []
+    for i in range(1, len(SEQUENCE) + 1):
+        d = tmp / f"c{i}"
+        proc = _py(["-m", "pipeline.export", "--generator", str(tmp / "generator.keras"),
+                    "--metrics", str(d / "metrics.json"), "--verdict", str(d / "verdict.json"),
+                    "--protocol", str(d / "protocol.json"), "--data-report", str(d / "data.json"),
+                    "--training-run", str(d / "train_run.json"), "--run-file", str(d / "mlflow_run.json"),
+                    "--out", str(d / "export")], env)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        run_id = json.loads((d / "mlflow_run.json").read_text())["run_id"]
+        try:
+            alias = str(client.get_model_version_by_alias(NAME, "champion").version)
+        except MlflowException:
+            alias = None
+        tags = client.get_run(run_id).data.tags
+        version = tags.get("registered_model_version")
+        seen.append({
+            "stdout": proc.stdout, "alias": alias, "run_tags": tags, "version": version,
+            "version_tags": dict(client.get_model_version(NAME, version).tags) if version else {},
+            "promotion_json": json.loads(Path(client.download_artifacts(run_id, "promotion.json",
+                                                                        str(d))).read_text()),
+            "card": json.loads((d / "export/model_card.json").read_text())})
+    return tmp, env, seen
+
+
+@pytest.mark.parametrize("step", range(1, len(SEQUENCE) + 1))
+def test_export_moves_the_champion_only_when_the_rule_says(sequence, step):
+    tmp, _, seen = sequence
+    (gate, fcd, ratio, protocol), (champion, promoted, words) = SEQUENCE[step - 1]
+    got = seen[step - 1]
+    before = seen[step - 2]["alias"] if step > 1 else None
+    assert got["version"] == str(step), got["run_tags"]
+    assert got["alias"] == champion
+    verb = "now champion" if promoted else "champion unchanged"
+    assert f"v{step} ({verb}: " in got["stdout"], got["stdout"]
+
+    tags = got["run_tags"]
+    reason = tags["promotion.reason"]
+    assert tags["promotion.promoted"] == str(promoted)
+    assert all(w in reason for w in words), reason
+    assert tags.get("promotion.champion_before") == before  # absent when there was none
+    assert reason in got["stdout"]
+
+    pj = got["promotion_json"]
+    assert pj["promote"] is promoted and pj["reason"] == reason and pj["champion_before"] == before
+    assert pj["challenger"]["version"] == str(step) and pj["challenger"]["fcd"] == fcd
+    assert pj["challenger"]["eval_protocol"] == protocol and pj["challenger"]["quality_gate_passed"] is gate
+    assert (pj["champion"] or {}).get("version") == before
+    if before:
+        assert float(pj["champion"]["fcd"]) == SEQUENCE[int(before) - 1][0][1]
+    assert got["card"]["promotion"] == {"promote": promoted, "champion_before": before, "reason": reason}
+
+    vt = got["version_tags"]
+    assert (vt["quality_gate_passed"], vt["eval_protocol"], vt["promotion"]) == (str(gate), protocol, reason)
+    assert (float(vt["fcd"]), float(vt["classifier_score_ratio"])) == (fcd, ratio)
+    name, _, bento_version = vt["bentoml_tag"].partition(":")
+    assert name == "mnist_gan_generator" and bento_version and vt["bentoml_tag"] == tags["bentoml_tag"]
+    stored = tmp / "bentoml/models/mnist_gan_generator" / bento_version
+    assert (stored / "saved_model/saved_model.pb").is_file()
+    assert json.loads((stored / "model_card.json").read_text())["registered_model"]["version"] == str(step)
+
+
+# 3. Serving the champion ----------------------------------------------------------------------
+
+def test_selection_names_the_champion(sequence, tmp_path):
+    _, env, seen = sequence
+    tag = seen[3]["version_tags"]["bentoml_tag"]
+    proc = _py(["-m", "serving.selection"], env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and tag in lines[0] and "v4" in lines[0], proc.stdout
+    assert seen[3]["run_tags"]["promotion.reason"] in lines[0]
+
+    proc = _py(["-m", "serving.selection", "--tag"], env, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == tag, proc.stdout + proc.stderr[-2000:]
+
+
+def test_service_serves_the_champion_by_default(sequence, tmp_path):
+    _, env, seen = sequence
+    assert "MNIST_GAN_MODEL" not in env
+    server = Served(tmp_path, env)
+    try:
+        server.wait_ready()
+        info = requests.get(f"{server.url}/info", timeout=30).json()
+        r = requests.post(f"{server.url}/render", json={"z": [0.3] * 8}, timeout=30)
+    finally:
+        server.stop()
+    sel = info["selected"]
+    assert sel["by"] == "champion" and sel["version"] == "4" and sel["registered_model"] == NAME, sel
+    assert seen[3]["run_tags"]["promotion.reason"] in sel["reason"]
+    assert info["tag"] == seen[3]["version_tags"]["bentoml_tag"] and info["z_dim"] == 8
+    assert info["registered_model"] == {"name": NAME, "version": "4"} and info["promotion"]["promote"] is True
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("store", ["created", "zero-byte"])
+def test_no_champion_in_an_empty_store_says_how_to_serve_another(tmp_path, store):
+    from mlflow.tracking import MlflowClient
+
+    env = _env(tmp_path, "empty.db")
+    if store == "created":  # the store exists, with nothing registered
+        MlflowClient(env["MLFLOW_TRACKING_URI"]).search_experiments()
+    else:
+        (tmp_path / "empty.db").touch()
+    assert (tmp_path / "empty.db").is_file()
+    proc = _py(["-m", "serving.selection"], env, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no champion" in lines[0] and "MODEL=latest" in lines[0], proc.stderr
+    if store == "zero-byte":
+        assert (tmp_path / "empty.db").stat().st_size == 0  # asking did not create a store
