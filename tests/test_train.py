@@ -370,3 +370,35 @@ def test_changed_params_start_fresh(tmp_path, uninterrupted):
     proc = run_train(d, RESUME_PARAMS.replace("steps: 120", "steps: 5"))
     assert proc.returncode == 0 and "resuming" not in proc.stdout
     assert [int(r["step"]) for r in losses_csv(d)] == [1, 2, 3, 4, 5]
+
+
+def test_unreachable_tracking_server_stops_the_stage_in_one_line(tmp_path):
+    """A tracking URI on a closed port: one line naming MLFLOW_TRACKING_URI, no
+    traceback, no credentials, nothing trained (the probe bounds the wait)."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tiny_data(tmp_path)
+    (tmp_path / "params.yaml").write_text("train: {steps: 2, batch_size: 8, z_dim: 8}\n")
+    env = {**env_for(tmp_path), "MLFLOW_TRACKING_URI": f"http://alice:s3cret@127.0.0.1:{port}"}
+    proc = subprocess.run(train_cmd(tmp_path), capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: cannot reach the MLflow tracking server at http://127.0.0.1:{port} "
+                      f"(MLFLOW_TRACKING_URI): {errors[0].rsplit(': ', 1)[-1]}"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "s3cret" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "models/generator.keras").exists()
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("http://alice:s3cret@mlflow.example:5000/", "http://mlflow.example:5000/"),
+    ("https://token@host/path?sig=abc", "https://host/path"),
+    ("sqlite:////data/mlflow.db", "sqlite:////data/mlflow.db"),
+])
+def test_run_records_never_hold_credentials(monkeypatch, uri, shown):
+    from pipeline import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking.Run("r", "1", "n").record()["tracking_uri"] == shown
