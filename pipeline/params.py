@@ -127,6 +127,13 @@ class TrainParams(_Section):
         return self.loss_params.optimizer or self.arch_params.optimizer
 
     @property
+    def loss_settings(self) -> dict:
+        """What the GAN's loss takes: clipping only for wgan, the penalty only for wgan-gp."""
+        lp = self.loss_params
+        return {"n_critic": lp.n_critic, "clip": lp.clip if self.loss == "wgan" else None,
+                "gp_weight": lp.gp_weight if self.loss == "wgan-gp" else 0.0}
+
+    @property
     def use_jit(self) -> bool:
         # Measured on a 2-core CPU: XLA made the MLP step faster and the conv nets slower.
         # XLA cannot compile a step whose variables live on several devices.
@@ -151,7 +158,9 @@ class TrainParams(_Section):
         out["train.jit_compile"] = self.use_jit
         out["train.strategy"] = self.strategy
         walk(f"train.{self.arch}", self.arch_params)
-        walk(f"train.losses.{self.loss.replace('-', '_')}", self.loss_params)
+        # The loss's settings in effect under one name whatever the loss, so that runs
+        # of two losses compare key by key (its optimizer is train.optimizer).
+        out.update({f"train.{k}": v for k, v in self.loss_settings.items()})
         walk("train.optimizer", self.optimizer)
         return out
 

@@ -69,11 +69,10 @@ def build(p: params.TrainParams):
     from pipeline.models import build_discriminator, build_generator
 
     keras.utils.set_random_seed(p.seed)
-    lp, o = p.loss_params, p.optimizer
+    o = p.optimizer
     with strategy(p).scope():
-        gan = GAN(build_generator(p), build_discriminator(p), p.z_dim, p.seed,
-                  loss=p.loss, n_critic=lp.n_critic, clip=lp.clip if p.loss == "wgan" else None,
-                  gp_weight=lp.gp_weight if p.loss == "wgan-gp" else 0.0, ema=p.ema)
+        gan = GAN(build_generator(p), build_discriminator(p), p.z_dim, p.seed, loss=p.loss, ema=p.ema,
+                  **p.loss_settings)
         gan.compile(d_optimizer=_optimizer(o, o.d_lr), g_optimizer=_optimizer(o, o.g_lr), jit_compile=p.use_jit)
     return gan
 
