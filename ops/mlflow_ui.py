@@ -42,7 +42,7 @@ def open_runs(page, url: str, runs: list[str]) -> None:
 
 def add_columns(page, keys: list[str]) -> None:
     """Tick metric (or param) columns in the table's Columns menu, as a user would."""
-    page.get_by_role("button", name="Columns").click()
+    page.get_by_role("button", name="Columns", exact=True).click()
     search = page.get_by_placeholder("Search columns")
     for key in keys:
         search.fill(key)
@@ -68,8 +68,22 @@ def compare(page, runs: list[str]) -> None:
     """Select the runs' rows, then Compare: MLflow's side-by-side page."""
     for name in runs:
         page.get_by_role("row").filter(has_text=name).get_by_role("checkbox").first.click()
-    page.get_by_role("button", name="Compare").click()
+    page.get_by_role("button", name="Compare", exact=True).click()
     page.get_by_text(f"Comparing {len(runs)} Runs", exact=False).first.wait_for(timeout=TIMEOUT_MS)
+
+
+def plot_metrics(page, metrics: list[str]) -> None:
+    """On the Compare page: the parallel-coordinates plot over `metrics` instead of
+    the one MLflow picks (the first metric by name)."""
+    box = page.locator("[class*=select-multiple]").nth(1)  # Parameters, then Metrics
+    for remove in box.locator("[class*=selection-item-remove]").all():
+        remove.click()
+    box.click()
+    for key in metrics:
+        page.keyboard.type(key)
+        page.locator(f"[class*=select-item-option][title='{key}']").first.wait_for(timeout=TIMEOUT_MS)
+        page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         add_columns(page, args.metrics)
         page.screenshot(path=str(args.out / "runs.png"))
         compare(page, args.runs)
-        page.wait_for_timeout(3000)  # the plots draw after the page settles
+        plot_metrics(page, args.metrics[:2])
+        page.wait_for_timeout(2000)  # the plot redraws after the page settles
         page.screenshot(path=str(args.out / "compare.png"))
         browser.close()
     print(f"mlflow_ui: {args.out / 'runs.png'}, {args.out / 'compare.png'}")

@@ -11,6 +11,18 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes files only their owner can read; a finished output gets the mode
+# any other new file would (a shared cache or model folder is read by others).
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary file path next to `target`; move it into place on success."""
@@ -22,6 +34,8 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, FILE_MODE)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -36,6 +50,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     old = target.with_name(f".{target.name}.old")
     try:
         yield tmp
+        os.chmod(tmp, DIR_MODE)
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
             os.replace(target, old)
