@@ -7,6 +7,10 @@ achieved GFLOP/s next to a large matmul's rate.
     python bench/train_throughput.py [--archs mlp dcgan dcgan_upsample] [--batch-sizes 32 64 256]
                                      [--steps 20] [--repeats 3] [--processes 3]
 
+Our loop runs in both precisions (`train.precision` float32 and bfloat16,
+Keras' mixed_bfloat16), side by side; the seed-style loop in float32, as the
+seeds ran. The `ratio` is ours in float32 against it.
+
 Without --batch-sizes the MLP runs at seed 004's batch (32), 64 and the
 pipeline's (256), the conv nets at 64. `ceiling` is the ratio a step running
 at the large matmul's rate would reach: where the seed-style loop is itself
@@ -154,39 +158,40 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-sizes", nargs="+", type=int, help="default: " + str(BATCHES))
     ap.add_argument("--processes", type=int, default=3, help="fresh processes per loop; the median is printed")
-    ap.add_argument("--child", choices=["ours", "seed"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["float32", "bfloat16", "seed"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:  # one measurement in a fresh process; prints img/s and the matmul rate
         x = np.random.default_rng(0).integers(0, 256, (4096, 28, 28), dtype=np.uint8)
-        p = params.TrainParams(arch=args.archs[0], batch_size=args.batch_sizes[0])
+        p = params.TrainParams(arch=args.archs[0], batch_size=args.batch_sizes[0],
+                               precision="float32" if args.child == "seed" else args.child)
         steps = window_steps(p.arch, p.batch_size, args.steps)
-        rate = (ours if args.child == "ours" else seed_style)(p, x, steps, args.repeats)
+        rate = (seed_style if args.child == "seed" else ours)(p, x, steps, args.repeats)
         print(json.dumps({"rate": rate, "peak": matmul_gflops()}))
         return
     # Each loop runs in its own process: an XLA-compiled step left the next model's
     # conv steps in the same process twice as slow (dcgan 63 -> 31 img/s).
-    print(f"{'arch':16}{'batch':>6}{'ours img/s':>12}{'seed-style img/s':>18}{'ratio':>8}{'ceiling':>9}"
-          f"{'MFLOP/img':>11}{'GFLOP/s':>9}{'of matmul':>11}{'matmul GFLOP/s':>16}  ours / seed-style per process",
-          flush=True)
+    print(f"{'arch':16}{'batch':>6}{'ours img/s':>12}{'bf16 img/s':>12}{'bf16/f32':>9}{'seed-style img/s':>18}"
+          f"{'ratio':>8}{'ceiling':>9}{'MFLOP/img':>11}{'GFLOP/s':>9}{'of matmul':>11}{'matmul GFLOP/s':>16}"
+          f"  ours f32 / bf16 / seed-style per process", flush=True)
+    sides = ("float32", "bfloat16", "seed")
     for arch in args.archs:
         for batch in args.batch_sizes or BATCHES[arch]:
-            run = {"ours": [], "seed": []}
+            run = {side: [] for side in sides}
             for _ in range(args.processes):
-                for side in ("ours", "seed"):
+                for side in sides:
                     out = subprocess.run([sys.executable, __file__, "--child", side, "--archs", arch, "--steps",
                                           str(args.steps), "--repeats", str(args.repeats), "--batch-sizes",
                                           str(batch)], check=True, capture_output=True, text=True).stdout
                     run[side].append(json.loads(out.strip().splitlines()[-1]))
             p = params.TrainParams(arch=arch, batch_size=batch)
-            a, b = (statistics.median(r["rate"] for r in run[side]) for side in ("ours", "seed"))
-            peak = statistics.median(r["peak"] for r in run["ours"])
+            a, h, b = (statistics.median(r["rate"] for r in run[side]) for side in sides)
+            peak = statistics.median(r["peak"] for r in run["float32"])
             flops = step_flops(build_generator(p), build_discriminator(p))
             achieved = a * flops / 1e9
             ceiling = peak * 1e9 / flops / b
-            spread = (" ".join(f"{r['rate']:.0f}" for r in run["ours"]) + " / "
-                      + " ".join(f"{r['rate']:.0f}" for r in run["seed"]))
-            print(f"{arch:16}{batch:6}{a:12.0f}{b:18.0f}{a / b:7.2f}x{ceiling:8.1f}x{flops / 1e6:11.1f}{achieved:9.1f}"
-                  f"{achieved / peak:10.0%}{peak:16.1f}  {spread}", flush=True)
+            spread = " / ".join(" ".join(f"{r['rate']:.0f}" for r in run[side]) for side in sides)
+            print(f"{arch:16}{batch:6}{a:12.0f}{h:12.0f}{h / a:8.2f}x{b:18.0f}{a / b:7.2f}x{ceiling:8.1f}x"
+                  f"{flops / 1e6:11.1f}{achieved:9.1f}{achieved / peak:10.0%}{peak:16.1f}  {spread}", flush=True)
 
 
 if __name__ == "__main__":

@@ -108,10 +108,11 @@ class SampleGrid(keras.callbacks.Callback):
     def write(self, step: int) -> Path:
         from pipeline.metrics import mean_pairwise_l1
 
-        from pipeline.gan import standing_statistics
+        from pipeline.gan import float32_copy, standing_statistics
 
         # A quarter of the saved model's draws: 2.4 s rather than 8 a grid for the seed DCGAN.
-        sampler = standing_statistics(self.model.sampler, self.model.noise_seed, samples=GRID_STANDING_SAMPLES)
+        sampler = standing_statistics(float32_copy(self.model.sampler), self.model.noise_seed,
+                                      samples=GRID_STANDING_SAMPLES)
         pixels = images.to_uint8(sampler(self.z, training=False).numpy())
         path = self.out_dir / f"step_{step:06d}.png"
         images.save_png(images.grid(pixels[:16], cols=4), path, scale=2)

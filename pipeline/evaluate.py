@@ -159,8 +159,8 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
         "classifier_score_real": metrics.classifier_score(p_real),
         "class_diversity_min": min((c["ratio"] for c in per_class.values()), default=m["diversity_ratio"]),
         "fcd": metrics.frechet_distance(f_gen, f_real),
-        "kid": metrics.kid(f_gen, f_real),
     })
+    m["kid"], m["kid_std"] = metrics.kid_subsets(f_gen, f_real, p.kid_subsets, p.kid_subset_size, p.seed)
     m["classifier_score_ratio"] = m["classifier_score_gen"] / max(m["classifier_score_real"], 1e-12)
     k = min(p.k, len(gen) - 1, len(real) - 1)
     m.update(metrics.prdc(f_real, f_gen, k))
@@ -213,7 +213,8 @@ def protocol(judge, ds: data.Mnist, p: params.EvaluateParams) -> dict:
     for w in judge.get_weights():
         h.update(np.ascontiguousarray(w).tobytes())
     out = {"judge_weights_sha256": h.hexdigest(), "data_sha256": data.arrays_sha256(ds),
-           "num_samples": p.num_samples, "seed": p.seed, "k": p.k}
+           "num_samples": p.num_samples, "seed": p.seed, "k": p.k, "kid_subsets": p.kid_subsets,
+           "kid_subset_size": p.kid_subset_size}
     out["id"] = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:12]
     return out
 

@@ -42,6 +42,8 @@ def model_card(generator, run: dict, metrics: dict, data_report: dict, train_par
         "output": {"dtype": "float32", "shape": [None, 28, 28, 1], "range": [-1.0, 1.0]},
         "arch": train_params.get("train.arch"),
         "loss": train_params.get("train.loss"),
+        # What the training computed in; the exported generator computes in float32 either way.
+        "training_precision": train_params.get("train.precision"),
         "params": train_params,
         "metrics": metrics,
         "verdict": {k: (verdict or {}).get(k) for k in

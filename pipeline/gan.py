@@ -130,6 +130,21 @@ class GAN(keras.Model):
         return out
 
 
+def float32_copy(model: keras.Model) -> keras.Model:
+    """`model` computing in float32: what a mixed-precision run saves and serves
+    (its weights are float32 already); a float32 model comes back as it is."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+
+    def clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    copy.trainable = model.trainable
+    return copy
+
+
 def standing_statistics(generator: keras.Model, seed: int, samples: int = 4096, batch: int = 512) -> keras.Model:
     """A copy of `generator` whose BatchNormalization moving statistics are the
     mean of its own batch statistics over `samples` draws of z (BigGAN's

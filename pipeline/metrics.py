@@ -310,6 +310,17 @@ def kid(f1: np.ndarray, f2: np.ndarray) -> float:
                  - 2 * kxy.mean())
 
 
+def kid_subsets(f1: np.ndarray, f2: np.ndarray, subsets: int, size: int, seed: int) -> tuple[float, float]:
+    """KID as TF-GAN and torch-fidelity report it: the mean and standard deviation of
+    `kid` over `subsets` draws of `size` points from each set, without replacement
+    within a draw (capped at the smaller set)."""
+    size = min(size, len(f1), len(f2))
+    rng = np.random.default_rng(seed)
+    values = [kid(f1[rng.choice(len(f1), size, replace=False)], f2[rng.choice(len(f2), size, replace=False)])
+              for _ in range(subsets)]
+    return float(np.mean(values)), float(np.std(values))
+
+
 def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
     """Precision, recall (Kynkäänniemi et al. 2019), density and coverage (Naeem et al. 2020)
     with k-nearest-neighbour balls in feature space, Euclidean."""

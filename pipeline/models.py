@@ -6,7 +6,9 @@
 Every number comes from the arch's params (params.yaml `train.<arch>`), whose
 defaults are the seeds' values. Discriminators output logits; the losses apply
 the sigmoid where they need one (numerically stable, and equivalent to the
-seeds' sigmoid + binary cross-entropy).
+seeds' sigmoid + binary cross-entropy). The last layer of each network computes
+in float32 whatever the precision policy (keras' advice for mixed precision:
+images and logits keep full range), a no-op in a float32 run.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from keras import layers
 from pipeline.params import DCGANArch, DCGANUpsampleArch, MLPArch, TrainParams
 
 IMAGE_SHAPE = (28, 28, 1)
-ARCHS = ("mlp", "dcgan", "dcgan_upsample")
 
 
 def mlp_generator(z_dim: int, a: MLPArch) -> keras.Model:
@@ -30,8 +31,8 @@ def mlp_generator(z_dim: int, a: MLPArch) -> keras.Model:
         x = layers.Dense(units)(x)
         x = layers.LeakyReLU(a.leaky_slope)(x)
         x = layers.BatchNormalization(momentum=a.g_bn_momentum)(x)
-    x = layers.Dense(28 * 28, activation="tanh")(x)
-    return keras.Model(z, layers.Reshape(IMAGE_SHAPE)(x), name="generator")
+    x = layers.Reshape(IMAGE_SHAPE)(layers.Dense(28 * 28)(x))
+    return keras.Model(z, layers.Activation("tanh", dtype="float32")(x), name="generator")
 
 
 def mlp_discriminator(a: MLPArch) -> keras.Model:
@@ -40,7 +41,7 @@ def mlp_discriminator(a: MLPArch) -> keras.Model:
     x = layers.Flatten()(img)
     for units in a.d_units:
         x = layers.LeakyReLU(a.leaky_slope)(layers.Dense(units)(x))
-    return keras.Model(img, layers.Dense(1)(x), name="discriminator")
+    return keras.Model(img, layers.Dense(1, dtype="float32")(x), name="discriminator")
 
 
 def dcgan_generator(z_dim: int, a: DCGANArch) -> keras.Model:
@@ -53,7 +54,7 @@ def dcgan_generator(z_dim: int, a: DCGANArch) -> keras.Model:
         x = layers.BatchNormalization()(x)
         x = layers.ReLU()(x)
         x = layers.Conv2DTranspose(filters, a.kernel_size, strides=strides, padding="same")(x)
-    return keras.Model(z, layers.Activation("tanh")(x), name="generator")
+    return keras.Model(z, layers.Activation("tanh", dtype="float32")(x), name="generator")
 
 
 def dcgan_discriminator(a: DCGANArch) -> keras.Model:
@@ -65,7 +66,7 @@ def dcgan_discriminator(a: DCGANArch) -> keras.Model:
         x = layers.LeakyReLU(a.leaky_slope)(x)
         x = layers.Conv2D(filters, a.kernel_size, strides=strides, padding="same")(x)
     x = layers.Flatten()(x)
-    return keras.Model(img, layers.Dense(1)(x), name="discriminator")
+    return keras.Model(img, layers.Dense(1, dtype="float32")(x), name="discriminator")
 
 
 def _activation(name: str):
@@ -95,7 +96,7 @@ def upsample_generator(z_dim: int, a: DCGANUpsampleArch) -> keras.Model:
         if i < last:
             x = layers.BatchNormalization(momentum=a.g_bn_momentum)(x)
             x = _activation(a.activation)(x)
-    return keras.Model(z, layers.Activation("tanh")(x), name="generator")
+    return keras.Model(z, layers.Activation("tanh", dtype="float32")(x), name="generator")
 
 
 def upsample_discriminator(a: DCGANUpsampleArch) -> keras.Model:
@@ -113,17 +114,26 @@ def upsample_discriminator(a: DCGANUpsampleArch) -> keras.Model:
         if a.d_dropout:
             x = layers.Dropout(a.d_dropout)(x)
     x = layers.Flatten()(x)
-    return keras.Model(img, layers.Dense(1, kernel_initializer=init)(x), name="discriminator")
+    return keras.Model(img, layers.Dense(1, kernel_initializer=init, dtype="float32")(x), name="discriminator")
+
+
+# The one registry of architectures: each name is a `train.arch` value and a
+# `train.<name>` params section (TrainParams checks both against this table).
+REGISTRY = {
+    "mlp": (mlp_generator, mlp_discriminator),
+    "dcgan": (dcgan_generator, dcgan_discriminator),
+    "dcgan_upsample": (upsample_generator, upsample_discriminator),
+}
+ARCHS = tuple(REGISTRY)
 
 
 def build_generator(p: TrainParams) -> keras.Model:
-    builders = {"mlp": mlp_generator, "dcgan": dcgan_generator, "dcgan_upsample": upsample_generator}
-    return builders[p.arch](p.z_dim, p.arch_params)
+    return REGISTRY[p.arch][0](p.z_dim, p.arch_params)
 
 
 def build_discriminator(p: TrainParams) -> keras.Model:
-    builders = {"mlp": mlp_discriminator, "dcgan": dcgan_discriminator, "dcgan_upsample": upsample_discriminator}
-    return builders[p.arch](p.arch_params)
+    """The discriminator of `train.d_arch` (default: the generator's arch), with its params."""
+    return REGISTRY[p.d_arch_name][1](getattr(p, p.d_arch_name))
 
 
 def load_generator(path: str | Path) -> keras.Model:

@@ -11,6 +11,7 @@ MLflow run, and finishes at exactly `train.steps`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -61,8 +62,48 @@ def strategy(p: params.TrainParams):
     return tf.distribute.MirroredStrategy([d.name for d in devices])
 
 
-def build(p: params.TrainParams):
-    """The compiled GAN for these params, its variables made in `strategy(p)`'s scope."""
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def precision_for(setting: str) -> str:
+    """`train.precision` resolved on this machine: `auto` is bfloat16 on a GPU of
+    compute capability 8.0 or more (Ampere on) or a CPU with AMX-BF16 or
+    AVX512-BF16, float32 elsewhere."""
+    if setting != "auto":
+        return setting
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
+        return "bfloat16" if tuple(capability) >= (8, 0) else "float32"
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+    """Keras' global dtype policy for the models built inside, then back as it was."""
+    import keras
+
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def build(p: params.TrainParams, precision: str | None = None):
+    """The compiled GAN for these params, its variables made in `strategy(p)`'s
+    scope, its layers computing in `precision` (default: `p.precision` resolved)."""
     import keras
 
     from pipeline.gan import GAN
@@ -70,10 +111,12 @@ def build(p: params.TrainParams):
 
     keras.utils.set_random_seed(p.seed)
     o = p.optimizer
-    with strategy(p).scope():
+    precision = precision or precision_for(p.precision)
+    with strategy(p).scope(), dtype_policy(precision):
         gan = GAN(build_generator(p), build_discriminator(p), p.z_dim, p.seed, loss=p.loss, ema=p.ema,
                   **p.loss_settings)
-        gan.compile(d_optimizer=_optimizer(o, o.d_lr), g_optimizer=_optimizer(o, o.g_lr), jit_compile=p.use_jit)
+        gan.compile(d_optimizer=_optimizer(o, o.d_lr), g_optimizer=_optimizer(o, o.g_lr),
+                    jit_compile=p.use_jit(precision))
     return gan
 
 
@@ -148,11 +191,12 @@ def main(argv: list[str] | None = None) -> None:
         raise StageError(f"{args.data}: prepared data not found")
     ds = data.load_prepared(args.data)
     reports, checkpoints = Path(args.reports), Path(args.checkpoints)
-    flat = {**p.flat(), "train.n_images": len(ds.x_train)}
-    gan = build(p)
-    if p.strategy != "default":
-        print(f"train: {p.strategy} over {gan.distribute_strategy.num_replicas_in_sync} devices")
-    state = TrainState(checkpoints, gan, fingerprint(p.model_dump(mode="json"), args.data))
+    precision = precision_for(p.precision)
+    flat = {**p.flat(precision), "train.n_images": len(ds.x_train)}
+    gan = build(p, precision)
+    print(f"train: {p.arch}/{p.loss} in {precision}" + (
+        f", {p.strategy} over {gan.distribute_strategy.num_replicas_in_sync} devices" if p.strategy != "default" else ""))
+    state = TrainState(checkpoints, gan, fingerprint({**p.model_dump(mode="json"), "precision": precision}, args.data))
     resumed = state.restore()
     tracking.abandon(state.abandoned_run_id, "Stopped before it finished; the next run had other params or "
                                              "data, so it never resumed.")
@@ -177,10 +221,10 @@ def main(argv: list[str] | None = None) -> None:
         gif = progress_gif(reports / "samples", reports / "progress.gif")
         if gif:
             run.log_artifact(gif, "samples")
-        from pipeline.gan import standing_statistics
+        from pipeline.gan import float32_copy, standing_statistics
 
         with atomic.atomic_path(args.model) as tmp:
-            standing_statistics(gan.sampler, p.seed).save(tmp)
+            standing_statistics(float32_copy(gan.sampler), p.seed).save(tmp)
         atomic.write_json(args.run_file, {**run.record(), "params": flat})
         state.mark_complete()
     print(f"train: {p.steps} steps of {p.arch}/{p.loss}; generator -> {args.model}")

@@ -72,7 +72,7 @@ def test_outputs(pipeline_run):
     assert (project / "models/judge.keras").is_file()
     for key in ("copying_z", "copy_rate_gen", "duplicate_rate_gen", "class_diversity_min", "modes_covered",
                 "modes_expected", "class_kl", "class_entropy_gen", "judge_confidence_gen",
-                "classifier_score_gen", "fcd", "kid", "precision", "recall", "density", "coverage",
+                "classifier_score_gen", "fcd", "kid", "kid_std", "precision", "recall", "density", "coverage",
                 "mode_collapse", "memorization", "quality_gate_passed"):
         assert np.isfinite(m[key]), key
     verdict = json.loads((project / "reports/eval/verdict.json").read_text())
@@ -127,6 +127,9 @@ def test_mlflow_run(pipeline_run, mlflow_client):
     card = json.loads((project / "export/model_card.json").read_text())
     assert card["mlflow_run_id"] == run_id and card["registered_model"]["version"] == str(versions[0].version)
     assert card["params"]["train.steps"] == STEPS and card["promotion"]["promote"] is False
+    from pipeline.train import precision_for
+
+    assert card["training_precision"] == card["params"]["train.precision"] == precision_for("auto")
     assert "tracking_uri" in record and "@" not in record["tracking_uri"]
 
 
@@ -160,7 +163,9 @@ def test_generate_matches_saved_model(served):
     got = np.asarray(r.json())
     assert got.shape == (3, 28, 28) and got.min() >= 0 and got.max() <= 1
     saved = tf.saved_model.load(str(project / "export/generator"))
-    expected = (saved.serve(z).numpy()[..., 0] + 1) / 2
+    out = saved.serve(z)
+    assert out.dtype == tf.float32  # also after a bfloat16 training (precision auto on such a CPU)
+    expected = (out.numpy()[..., 0] + 1) / 2
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 

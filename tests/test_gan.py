@@ -35,14 +35,20 @@ def test_joint_pass_only_without_batch_statistics_in_d():
     assert not train.build(bn).d_joint
 
 
-@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
-def test_standing_statistics_make_inference_match_batch_statistics(arch):
+@pytest.mark.parametrize("arch, precision", [("mlp", "float32"), ("dcgan", "float32"), ("mlp", "bfloat16"),
+                                             ("dcgan", "bfloat16")])
+def test_standing_statistics_make_inference_match_batch_statistics(arch, precision):
     import keras
 
-    from pipeline.gan import standing_statistics
+    from pipeline.gan import float32_copy, standing_statistics
 
-    # The weight average: what the stage saves, and frozen (trainable False).
-    g = train.build(params.TrainParams(arch=arch, ema=0.999, jit_compile=False)).sampler
+    # The weight average in float32: what the stage saves, and frozen (trainable False).
+    sampler = train.build(params.TrainParams(arch=arch, ema=0.999, jit_compile=False, precision=precision)).sampler
+    g = float32_copy(sampler)
+    assert {layer.dtype_policy.name for layer in sampler.layers} >= {"mixed_bfloat16" if precision == "bfloat16"
+                                                                     else "float32"}
+    assert {layer.dtype_policy.name for layer in g.layers} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(sampler.get_weights(), g.get_weights()))
     assert not g.trainable
     before = g.get_weights()
     settled = standing_statistics(g, seed=3, samples=4096, batch=1024)
@@ -64,6 +70,28 @@ def test_standing_statistics_make_inference_match_batch_statistics(arch):
         np.testing.assert_array_equal(a, b)
     assert [l.momentum for l in settled.layers if isinstance(l, keras.layers.BatchNormalization)] == \
         [l.momentum for l in g.layers if isinstance(l, keras.layers.BatchNormalization)]
+
+
+def test_auto_precision_follows_the_cpu_flags():
+    assert train.cpu_has_bf16("flags\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert train.cpu_has_bf16("processor: 0\nflags\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert not train.cpu_has_bf16("flags\t: fpu sse avx2 fma\n")
+    assert not train.cpu_has_bf16("")
+    assert train.precision_for("float32") == "float32" and train.precision_for("bfloat16") == "bfloat16"
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):  # on a CPU, auto is what the flags say
+        assert train.precision_for("auto") == ("bfloat16" if train.cpu_has_bf16() else "float32")
+
+
+def test_build_leaves_the_global_dtype_policy_as_it_was():
+    import keras
+
+    gan = train.build(params.TrainParams(arch="mlp", precision="bfloat16", jit_compile=False))
+    assert keras.config.dtype_policy().name == "float32"
+    assert gan.generator.layers[1].dtype_policy.name == "mixed_bfloat16"
+    assert gan.generator.layers[-1].dtype_policy.name == "float32"  # images and logits in full range
+    assert gan.discriminator.layers[-1].dtype_policy.name == "float32"
 
 
 def test_standing_statistics_leave_a_generator_without_batchnorm_as_is():

@@ -115,6 +115,22 @@ def test_kid_matches_a_direct_double_sum():
     assert metrics.kid(a, b) == pytest.approx(xx + yy - 2 * xy, rel=1e-9)
 
 
+def test_kid_subsets_are_the_mean_and_std_of_kid_over_draws():
+    a, b = rng.normal(0, 1, (60, 4)), rng.normal(0.4, 1, (50, 4))
+    mean, std = metrics.kid_subsets(a, b, subsets=7, size=20, seed=3)
+    draw = np.random.default_rng(3)
+    values = [metrics.kid(a[draw.choice(60, 20, replace=False)], b[draw.choice(50, 20, replace=False)])
+              for _ in range(7)]
+    assert (mean, std) == pytest.approx((np.mean(values), np.std(values)), rel=1e-12)
+    assert metrics.kid_subsets(a, b, 3, 1000, 0) == pytest.approx(metrics.kid_subsets(a, b, 3, 50, 0))  # capped
+
+
+def test_kid_subsets_tell_a_shift_from_sampling_noise():
+    same = metrics.kid_subsets(rng.normal(0, 1, (2000, 8)), rng.normal(0, 1, (2000, 8)), 50, 1000, 0)
+    shifted = metrics.kid_subsets(rng.normal(0, 1, (2000, 8)), rng.normal(0.3, 1, (2000, 8)), 50, 1000, 0)
+    assert abs(same[0]) < 3 * same[1] and shifted[0] > 10 * shifted[1]
+
+
 def test_prdc_matches_the_definitions():
     real, fake, k = rng.normal(0, 1, (40, 3)), rng.normal(0.7, 1, (35, 3)), 5
 

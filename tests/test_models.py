@@ -55,3 +55,19 @@ def test_summary_cli_prints_counts(capsys):
     models.main(["--arch", "dcgan"])
     out = capsys.readouterr().out
     assert "1,080,577" in out and "1,301,505" in out
+
+
+def test_the_registry_is_the_params_arch_list():
+    import typing
+
+    allowed = typing.get_args(TrainParams.model_fields["arch"].annotation)
+    assert set(models.REGISTRY) == set(allowed) and set(allowed) <= set(TrainParams.model_fields)
+
+
+def test_a_generator_of_one_arch_with_the_discriminator_of_another():
+    g, d = build("dcgan_upsample", d_arch="mlp", z_dim=8)
+    assert any("conv" in layer.name for layer in g.layers)
+    assert d.count_params() == models.build_discriminator(TrainParams(arch="mlp")).count_params()
+    p = TrainParams(arch="dcgan_upsample", d_arch="mlp")
+    flat = p.flat()
+    assert flat["train.d_arch"] == "mlp" and "train.mlp.d_units" in flat and "train.dcgan_upsample.g_filters" in flat

@@ -183,14 +183,16 @@ class Poison:
         return keras.Model(img, PoisonLayer()(discriminator(img)), name="discriminator")
 
 
-def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, precision):
     import tensorflow as tf
 
     from pipeline import train
     from pipeline.checkpoint import TrainState
     from pipeline.errors import StageError
 
-    p = params.TrainParams(arch="mlp", steps=20, batch_size=4, z_dim=8, checkpoint_every=3, jit_compile=False)
+    p = params.TrainParams(arch="mlp", steps=20, batch_size=4, z_dim=8, checkpoint_every=3, jit_compile=False,
+                           precision=precision)
     gan = train.build(p)
     # bce calls D twice a step (real and fake in one joint pass, then G's fake), three
     # times without the joint pass: NaN appears in step 8.
@@ -211,20 +213,38 @@ RESUME_PARAMS = ("train: {steps: 120, batch_size: 8, z_dim: 16, seed: 3, sample_
                  " checkpoint_every: 10, jit_compile: false, ema: 0.99}\n")
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    d = tiny_data(tmp_path_factory.mktemp("straight"))
-    proc = run_train(d, RESUME_PARAMS)
+def resume_params(precision: str = "float32") -> str:
+    return RESUME_PARAMS.replace("ema: 0.99}", f"ema: 0.99, precision: {precision}}}")
+
+
+def straight_run(tmp_path_factory, precision: str) -> Path:
+    d = tiny_data(tmp_path_factory.mktemp(f"straight-{precision}"))
+    proc = run_train(d, resume_params(precision))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return d
 
 
-def test_same_seed_same_losses(tmp_path, uninterrupted):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return straight_run(tmp_path_factory, "float32")
+
+
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def straight(request, tmp_path_factory):
+    """An uninterrupted run in each precision: (precision, its folder)."""
+    if request.param == "float32":
+        return request.param, request.getfixturevalue("uninterrupted")
+    return request.param, straight_run(tmp_path_factory, request.param)
+
+
+def test_same_seed_same_losses(tmp_path, straight):
     import shutil
 
+    precision, uninterrupted = straight
     shutil.copy(uninterrupted / "mnist.npz", tmp_path / "mnist.npz")
-    proc = run_train(tmp_path, RESUME_PARAMS.replace("steps: 120", "steps: 50"))
+    proc = run_train(tmp_path, resume_params(precision).replace("steps: 120", "steps: 50"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"in {precision}" in proc.stdout
     first = [(r["d_loss"], r["g_loss"]) for r in losses_csv(uninterrupted)[:50]]
     assert first == [(r["d_loss"], r["g_loss"]) for r in losses_csv(tmp_path)]
 
@@ -274,7 +294,7 @@ def test_signal_marks_the_run_failed_and_keeps_the_checkpoint(tmp_path, uninterr
     import shutil
 
     shutil.copy(uninterrupted / "mnist.npz", tmp_path / "mnist.npz")
-    (tmp_path / "params.yaml").write_text(RESUME_PARAMS)
+    (tmp_path / "params.yaml").write_text(resume_params())
     proc = gated(tmp_path, 20, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -286,12 +306,13 @@ def test_signal_marks_the_run_failed_and_keeps_the_checkpoint(tmp_path, uninterr
     assert not (tmp_path / "models/generator.keras").exists() and not (tmp_path / "reports/run.json").exists()
 
 
-def test_interrupt_and_kill_then_resume_exactly(tmp_path, uninterrupted):
+def test_interrupt_and_kill_then_resume_exactly(tmp_path, straight):
     import shutil
 
+    precision, uninterrupted = straight
     d = tmp_path
     shutil.copy(uninterrupted / "mnist.npz", d / "mnist.npz")
-    (d / "params.yaml").write_text(RESUME_PARAMS)
+    (d / "params.yaml").write_text(resume_params(precision))
 
     # SIGTERM (as `kill` and `dvc queue kill` send) at step 10: a clean stop, the run FAILED.
     proc = gated(d, 10, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -320,6 +341,7 @@ def test_interrupt_and_kill_then_resume_exactly(tmp_path, uninterrupted):
     client = mlflow_client(d)
     record = json.loads((d / "reports/run.json").read_text())
     assert record["run_id"] == run_id and record["params"]["train.steps"] == 120
+    assert record["params"]["train.precision"] == precision
     assert client.get_run(run_id).info.status == "FINISHED"
     for key in ("d_loss", "g_loss"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(1, 121))
@@ -329,9 +351,11 @@ def test_interrupt_and_kill_then_resume_exactly(tmp_path, uninterrupted):
     # The saved generator (the weight average, restored with the checkpoint) is the same too.
     import keras
 
-    resumed, straight = (keras.models.load_model(x / "models/generator.keras", compile=False)
-                         for x in (d, uninterrupted))
-    assert all(np.array_equal(a, b) for a, b in zip(resumed.get_weights(), straight.get_weights()))
+    resumed, once = (keras.models.load_model(x / "models/generator.keras", compile=False) for x in (d, uninterrupted))
+    assert all(np.array_equal(a, b) for a, b in zip(resumed.get_weights(), once.get_weights()))
+    # Saved to serve in float32, whatever the training's precision.
+    assert {layer.dtype_policy.name for layer in resumed.layers} == {"float32"}
+    assert resumed(np.zeros((1, 16), np.float32)).dtype == "float32"
 
     # Finished: the same command starts a fresh run (in a new MLflow run).
     again = subprocess.run(train_cmd(d), env=env_for(d), capture_output=True, text=True)
@@ -343,7 +367,7 @@ def test_killed_run_whose_params_change_is_not_left_running(tmp_path, uninterrup
     import shutil
 
     shutil.copy(uninterrupted / "mnist.npz", tmp_path / "mnist.npz")
-    (tmp_path / "params.yaml").write_text(RESUME_PARAMS)
+    (tmp_path / "params.yaml").write_text(resume_params())
     proc = gated(tmp_path, 10, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.kill()
     proc.wait()
@@ -351,7 +375,7 @@ def test_killed_run_whose_params_change_is_not_left_running(tmp_path, uninterrup
     client = mlflow_client(tmp_path)
     assert client.get_run(stopped).info.status == "RUNNING"  # SIGKILL left no chance to say otherwise
 
-    proc = run_train(tmp_path, RESUME_PARAMS.replace("steps: 120", "steps: 5"))
+    proc = run_train(tmp_path, resume_params().replace("steps: 120", "steps: 5"))
     assert proc.returncode == 0 and "resuming" not in proc.stdout, proc.stderr[-2000:]
     old = client.get_run(stopped)
     assert old.info.status == "KILLED" and "never resumed" in old.data.tags["mlflow.note.content"]
@@ -367,7 +391,7 @@ def test_changed_params_start_fresh(tmp_path, uninterrupted):
     meta = json.loads((d / "models/checkpoints/meta.json").read_text())
     meta["complete"] = False  # as if it had been stopped
     (d / "models/checkpoints/meta.json").write_text(json.dumps(meta))
-    proc = run_train(d, RESUME_PARAMS.replace("steps: 120", "steps: 5"))
+    proc = run_train(d, resume_params().replace("steps: 120", "steps: 5"))
     assert proc.returncode == 0 and "resuming" not in proc.stdout
     assert [int(r["step"]) for r in losses_csv(d)] == [1, 2, 3, 4, 5]
 

@@ -1,0 +1,116 @@
+"""The default recipe (or any params) over several training seeds: the gate's
+headline numbers per seed, and their mean and standard deviation.
+
+    python bench/seeds.py                               # params.yaml, train.seed 0..4
+    python bench/seeds.py --seeds 0 1 --set train.steps=8000 --set train.loss=hinge
+
+Runs the pipeline's own stages as subprocesses in a work folder: prepare and
+judge once (or `--data`/`--judge` to reuse the workspace's), then train and
+evaluate per seed, with MLflow on a store of its own. Prints a Markdown table
+(what the README's seed table is) and, per seed, whether the gate passed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ("train_s", "fcd", "classifier_score_ratio", "precision", "recall", "kid", "kid_std", "modes_covered",
+           "class_kl", "copying_z", "quality_gate_passed")
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+        flags = next(line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model} ({os.cpu_count()} cores; {' '.join(wanted)})"
+
+
+def with_overrides(doc: dict, sets: list[str]) -> dict:
+    """`-S`-style `section.key.sub=value` overrides (values parsed as YAML)."""
+    for item in sets:
+        key, value = item.split("=", 1)
+        *path, last = key.split(".")
+        node = doc
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    return doc
+
+
+def stage(module: str, *args: str, env: dict) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", f"pipeline.{module}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{module} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="like dvc exp run -S")
+    ap.add_argument("--data", type=Path, help="prepared data to reuse (default: prepare it here)")
+    ap.add_argument("--judge", type=Path, help="a judge to reuse (default: train it here)")
+    ap.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
+    args = ap.parse_args(argv)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="seeds-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": str(ROOT), "DVC_ROOT": str(work)}
+    base = with_overrides(yaml.safe_load(args.params.read_text()), args.set)
+    (work / "params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    data, judge = args.data or work / "mnist.npz", args.judge or work / "judge.keras"
+    if args.data is None:
+        stage("prepare", "--params", str(work / "params.yaml"), "--out", str(data), "--report",
+              str(work / "data.json"), env=env)
+    if args.judge is None:
+        stage("judge", "--params", str(work / "params.yaml"), "--data", str(data), "--model", str(judge),
+              "--report", str(work / "judge.json"), env=env)
+
+    rows = []
+    for seed in args.seeds:
+        d = work / f"seed{seed}"
+        d.mkdir(exist_ok=True)
+        (d / "params.yaml").write_text(yaml.safe_dump(with_overrides(base, [f"train.seed={seed}"]), sort_keys=False))
+        seconds = stage("train", "--params", str(d / "params.yaml"), "--data", str(data), "--model",
+                        str(d / "generator.keras"), "--reports", str(d / "train"), "--checkpoints", str(d / "ckpt"),
+                        "--run-file", str(d / "run.json"), env=env)
+        stage("evaluate", "--params", str(d / "params.yaml"), "--generator", str(d / "generator.keras"),
+              "--data", str(data), "--judge", str(judge), "--out", str(d / "eval"), env=env)
+        m = json.loads((d / "eval/metrics.json").read_text())
+        row = {"seed": seed, "train_s": seconds, **{k: m[k] for k in COLUMNS[1:]}}
+        rows.append(row)
+        print(f"seed {seed}: " + ", ".join(f"{k}={row[k]:.4g}" for k in COLUMNS), flush=True)
+
+    print(f"\n{cpu_model()}; overrides: {' '.join(args.set) or 'none'}; work: {work}\n")
+    print("| seed | " + " | ".join(COLUMNS) + " |")
+    print("|---" * (len(COLUMNS) + 1) + "|")
+    for r in rows:
+        print(f"| {r['seed']} | " + " | ".join(f"{r[k]:.4g}" for k in COLUMNS) + " |")
+    print("| mean ± std | " + " | ".join(
+        f"{np.mean([r[k] for r in rows]):.4g} ± {np.std([r[k] for r in rows]):.2g}" for k in COLUMNS) + " |")
+    passed = sum(int(r["quality_gate_passed"]) for r in rows)
+    print(f"\ngate passed on {passed} of {len(rows)} seeds; lowest classifier-score ratio "
+          f"{min(r['classifier_score_ratio'] for r in rows):.4f}")
+
+
+if __name__ == "__main__":
+    main()
