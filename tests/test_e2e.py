@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 import requests
+import yaml
 from PIL import Image
 
 from e2e_util import Served, copy_project, env_for, set_params
@@ -24,8 +25,9 @@ def pipeline_run(tmp_path_factory):
     project = copy_project(tmp / "project")
     set_params(project,
                prepare={"limit": 300},
+               # auto: bfloat16 end to end where the CPU computes it, as the exported model must still serve float32.
                train={"steps": STEPS, "batch_size": 32, "sample_every": 3, "log_every": 4, "z_dim": 24,
-                      "checkpoint_every": 3, "jit_compile": False},
+                      "checkpoint_every": 3, "jit_compile": False, "precision": "auto"},
                judge={"epochs": 1, "width": 4, "feature_dim": 16},
                evaluate={"num_samples": 64})
     env = env_for(tmp)
@@ -129,7 +131,8 @@ def test_mlflow_run(pipeline_run, mlflow_client):
     assert card["params"]["train.steps"] == STEPS and card["promotion"]["promote"] is False
     from pipeline.train import precision_for
 
-    assert card["training_precision"] == card["params"]["train.precision"] == precision_for("auto")
+    expected = precision_for(yaml.safe_load((project / "params.yaml").read_text())["train"]["precision"])
+    assert card["training_precision"] == card["params"]["train.precision"] == expected
     assert "tracking_uri" in record and "@" not in record["tracking_uri"]
 
 
