@@ -22,19 +22,29 @@ GRID_SET ?=
 # diagrams, Chromium drives the browser test of the service's page.
 DEBIAN_PACKAGES ?= graphviz chromium
 
-.PHONY: run test serve ui grid compare install install-dev system-deps clean
+.PHONY: run test serve ui grid exp compare install install-dev install-gpu system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# An older venv's tensorflow-cpu shares every file with tensorflow: removed first,
+# so that the two never overwrite each other's files.
+DROP_TF_CPU = $(BIN)/python -m pip uninstall --quiet --yes tensorflow-cpu 2>/dev/null || true
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@$(DROP_TF_CPU)
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	@$(DROP_TF_CPU)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(VENV)/.installed $@
+
+# The same TensorFlow with NVIDIA's CUDA libraries (Linux, an NVIDIA driver).
+install-gpu: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[gpu]"
 
 # Installs the missing Debian packages when it can (root with apt-get);
 # otherwise, or when that fails, says what is missing and goes on.
@@ -94,6 +104,12 @@ ui: install
 grid: install
 	@ARCHS="$(ARCHS)" LOSSES="$(LOSSES)" SEEDS="$(SEEDS)" JOBS="$(JOBS)" GRID_SET="$(GRID_SET)" bash ops/grid.sh
 	@$(MAKE) --no-print-directory compare
+
+# One experiment from recipes/$(RECIPE).yaml (params overrides), named after it.
+exp: install
+	@test -n "$(RECIPE)" || { echo "usage: make exp RECIPE=<name> (one of: $$(ls recipes | sed 's/\.yaml$$//' | tr '\n' ' '))"; exit 2; }
+	@set -f; args=$$($(BIN)/python ops/recipe.py recipes/$(RECIPE).yaml) || exit 2; \
+	echo "dvc exp run -n $(RECIPE) $$args"; $(BIN)/dvc exp run -n $(RECIPE) $$args
 
 # The comparison report (reports/compare/) of the experiment's finished runs, or RUNS="a b".
 compare: install

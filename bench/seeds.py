@@ -3,6 +3,7 @@ headline numbers per seed, and their mean and standard deviation.
 
     python bench/seeds.py                               # params.yaml, train.seed 0..4
     python bench/seeds.py --seeds 0 1 --set train.steps=8000 --set train.loss=hinge
+    python bench/seeds.py --seeds 0 --recipe recipes/dcgan.yaml   # a recipe's overrides, then --set's
 
 Runs the pipeline's own stages as subprocesses in a work folder: prepare and
 judge once (or `--data`/`--judge` to reuse the workspace's), then train and
@@ -25,6 +26,8 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from ops.recipe import overrides as recipe_overrides  # noqa: E402
 COLUMNS = ("train_s", "fcd", "classifier_score_ratio", "precision", "recall", "kid", "kid_std", "modes_covered",
            "class_kl", "copying_z", "quality_gate_passed")
 
@@ -66,10 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="like dvc exp run -S")
+    ap.add_argument("--recipe", type=Path, help="recipes/<name>.yaml: overrides applied before --set's")
     ap.add_argument("--data", type=Path, help="prepared data to reuse (default: prepare it here)")
     ap.add_argument("--judge", type=Path, help="a judge to reuse (default: train it here)")
     ap.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     args = ap.parse_args(argv)
+    if args.recipe:
+        args.set = recipe_overrides(args.recipe) + args.set
 
     work = args.work or Path(tempfile.mkdtemp(prefix="seeds-"))
     work.mkdir(parents=True, exist_ok=True)

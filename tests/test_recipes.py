@@ -1,0 +1,54 @@
+"""recipes/*.yaml: each one's overrides, applied as `dvc exp run -S` applies them,
+give params every stage accepts; the override syntax itself."""
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import params
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from ops.recipe import overrides  # noqa: E402
+sys.path.insert(0, str(ROOT / "bench"))
+from seeds import with_overrides  # noqa: E402
+
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def test_there_are_recipes_for_the_seeds_convolutional_archs():
+    assert {p.stem for p in RECIPES} >= {"dcgan", "dcgan_upsample"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_overrides_validate_and_change_what_they_name(recipe):
+    items = overrides(recipe)
+    doc = with_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), items)
+    for section in params.SECTIONS:
+        params.parse(section, doc.get(section))
+    train = params.parse("train", doc["train"])
+    assert train.arch == recipe.stem
+    for item in items:  # every override is a leaf that params.yaml has, so -S cannot add a stray key
+        key, _ = item.split("=", 1)
+        node = yaml.safe_load((ROOT / "params.yaml").read_text())
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{recipe.name}: {key} is not in params.yaml"
+            node = node[part]
+
+
+def test_nested_values_become_leaves_and_lists_stay_one_word(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("train.arch: dcgan\ntrain.dcgan.optimizer: {name: adam, g_lr: 0.0002}\n"
+                 "train.dcgan.d_filters: [32, 64]\ntrain.ema: 0.999\n")
+    assert overrides(f) == ["train.arch=dcgan", "train.dcgan.optimizer.name=adam",
+                            "train.dcgan.optimizer.g_lr=0.0002", "train.dcgan.d_filters=[32,64]", "train.ema=0.999"]
+
+
+@pytest.mark.parametrize("text, needle", [("[1, 2]", "mapping"), ("steps: 5", "dotted"),
+                                          ("train.path: a b", "space")])
+def test_a_bad_recipe_says_what_is_wrong(tmp_path, text, needle):
+    f = tmp_path / "r.yaml"
+    f.write_text(text)
+    with pytest.raises(SystemExit, match=needle):
+        overrides(f)
