@@ -21,7 +21,6 @@ from typing import Annotated, Literal
 
 import bentoml
 import numpy as np
-from bentoml._internal.marshal import dispatcher as _dispatcher
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from fastapi import FastAPI
@@ -29,7 +28,8 @@ from fastapi.responses import FileResponse
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, Field
 
-from serving import selection
+from serving import batching, selection
+from serving.guard import RequestGuard, body_bound, route_limits
 
 # TensorFlow's oneDNN kernels, which it turns on by default only on CPUs with
 # AVX-512 VNNI or newer: the DCGAN generator at batch 64 went from 279 to 408
@@ -37,10 +37,8 @@ from serving import selection
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 Z_BOUND = 10.0          # |z| per component; N(0, 1) draws beyond this carry no meaning
 MAX_BATCH = 256         # z-vectors per /generate request
-MAX_BODY_BYTES = 4 << 20  # request bodies; a full /generate batch of z_dim 100 is about 0.6 MiB
 # The in-process bound is reached at batch 64; bigger batches only add latency.
 INFER_BATCH = 64
-JSON_PATHS = frozenset({"/generate", "/render", "/sample", "/interpolate"})
 PAGE = Path(__file__).with_name("static") / "index.html"
 # Six decimals keep the JSON response within 5e-7 of the float32 image and
 # half the size of full float64 reprs, which is what the client parses.
@@ -59,28 +57,9 @@ def _load_card(ref: bentoml.models.BentoModel) -> tuple[str, Path, dict]:
     return str(stored.tag), path, json.loads((path / "model_card.json").read_text())
 
 
-class _NoHoldOptimizer(_dispatcher.Optimizer):
-    """BentoML's batching optimizer with its learned hold time pinned to 0.
-
-    CorkDispatcher holds a lone request for about the average wait of past
-    batches. After a burst (where requests waited behind a running batch)
-    that average is large, and it feeds on itself: single requests then
-    waited ~60-100 ms each (bench/serve_throughput.py, concurrency 1 after
-    32). With no hold, a batch leaves as soon as the model is free and holds
-    whatever queued meanwhile, so batch size still follows the load."""
-
-    @property
-    def wait(self) -> float:
-        return 0.0
-
-    @wait.setter
-    def wait(self, value: float) -> None:
-        pass
-
-
 if os.environ.get("MNIST_GAN_BATCH_HOLD", "0") != "1":
     # Read by the dispatcher BentoML builds for each batchable API, after this import.
-    _dispatcher.Optimizer = _NoHoldOptimizer
+    batching.pin_no_hold()
 
 class ServeArgs(BaseModel):
     """`bentoml serve ... --arg model=...` (kept in a Bento built with it)."""
@@ -147,59 +126,18 @@ def grid(images: np.ndarray) -> np.ndarray:
 
 
 def path_between(a: np.ndarray, b: np.ndarray, steps: int, method: str) -> np.ndarray:
-    """`steps` z-vectors from a to b inclusive, linear or spherical."""
+    """`steps` z-vectors from a to b inclusive, linear or spherical (White 2016), each
+    component within +-Z_BOUND: slerp bows outward between two bounded vectors (by up
+    to 1/sin(angle/2)), so its frames are clipped to the bound every input keeps."""
     t = np.linspace(0.0, 1.0, steps)[:, None]
+    path = (1 - t) * a + t * b
     if method == "slerp":
         cos = np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)
         omega = np.arccos(np.clip(cos, -1.0, 1.0))
         # Nearly parallel vectors: slerp's weights become 0/0 and linear is the limit.
         if np.sin(omega) > 1e-6:
-            return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
-    return (1 - t) * a + t * b
-
-
-class RequestGuard:
-    """ASGI middleware: 415 unless a POST to the API is JSON, 413 above
-    MAX_BODY_BYTES, before BentoML reads the body. Bodies sent without a
-    Content-Length are buffered up to the bound so they are cut off too."""
-
-    def __init__(self, app, max_body: int = MAX_BODY_BYTES, paths: frozenset[str] = JSON_PATHS):
-        self.app, self.max_body, self.paths = app, max_body, paths
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if ctype != b"application/json":
-            return await _reject(send, 415, "content-type: expected application/json")
-        length = headers.get(b"content-length")
-        if length is not None:
-            if not length.isdigit() or int(length) > self.max_body:
-                return await _reject(send, 413, f"body: larger than {self.max_body} bytes")
-            return await self.app(scope, receive, send)
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_body:
-                return await _reject(send, 413, f"body: larger than {self.max_body} bytes")
-            if not message.get("more_body", False):
-                break
-
-        async def replay():
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-        return await self.app(scope, replay, send)
-
-
-async def _reject(send, status: int, error: str) -> None:
-    body = json.dumps({"error": error}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+            path = (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+    return np.clip(path, -Z_BOUND, Z_BOUND)
 
 
 page = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -275,7 +213,7 @@ class Generator:
         card["selected"] = SELECTION
         if "verdict" in CARD:
             card["verdict"] = CARD["verdict"]
-        card["bounds"] = {"z_abs_max": Z_BOUND, "max_batch": MAX_BATCH, "max_body_bytes": MAX_BODY_BYTES}
+        card["bounds"] = {"z_abs_max": Z_BOUND, "max_batch": MAX_BATCH, "max_body_bytes": LIMITS_BYTES}
         return card
 
     @page.get("/ui")
@@ -284,4 +222,6 @@ class Generator:
         return FileResponse(PAGE, media_type="text/html")
 
 
-Generator.add_asgi_middleware(RequestGuard)
+LIMITS = route_limits(Generator)
+LIMITS_BYTES = {route: body_bound(n) for route, n in LIMITS.items()}
+Generator.add_asgi_middleware(RequestGuard, limits=LIMITS)

@@ -116,6 +116,19 @@ def test_interpolate_strip_runs_from_start_to_end(server, method):
     assert not np.array_equal(strip[:, 28:56], strip[:, :28])
 
 
+def test_slerp_frames_stay_within_the_z_bound(server, reference):
+    # Orthogonal vectors at the bound: slerp's midpoint has components of 10 * sqrt(2).
+    a = [10.0] * Z_DIM
+    b = [10.0] * (Z_DIM // 2) + [-10.0] * (Z_DIM - Z_DIM // 2)
+    strip = png(post(server, "/interpolate", {"z_start": a, "z_end": b, "steps": 3, "method": "slerp"}))
+    a_, b_ = np.asarray(a), np.asarray(b)
+    mid = (a_ + b_) * np.sin(np.pi / 4) / np.sin(np.pi / 2)
+    assert np.abs(mid).max() > 14
+    clipped, unclipped = reference([np.clip(mid, -10, 10)])[0], reference([mid])[0]
+    assert np.abs(clipped - unclipped).max() > 2 / 255, "this generator cannot tell the two apart"
+    assert np.abs(strip[:, 28:56].astype(int) - np.rint(clipped * 255)).max() <= 1
+
+
 def test_info_is_the_model_card(server, home):
     info = requests.get(f"{server.url}/info", timeout=10).json()
     assert info["tag"] == home[2] and info["mlflow_run_id"] == "run-24"
@@ -200,6 +213,63 @@ def test_transport_errors_are_4xx(server):
                       headers={"Content-Type": "application/json"}, timeout=30)
     assert r.status_code == 413
     assert requests.get(f"{server.url}/generate", timeout=10).status_code == 405
+    assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200
+
+
+def test_readme_python_client_example_runs(server, tmp_path):
+    """The README's bentoml.SyncHTTPClient block, run as written against a real server
+    (its URL and z_dim swapped for this one's)."""
+    import re
+    import sys
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- client-example:.*?-->\n```python\n(.*?)```", readme, re.S).group(1)
+    assert "http://127.0.0.1:3000" in block and "(4, 100)" in block
+    code = block.replace("http://127.0.0.1:3000", server.url).replace("(4, 100)", f"(4, {Z_DIM})")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["(4,", "28,", "28)", "(224,", "224)", "(112,", "112)"], proc.stdout
+    assert Image.open(tmp_path / "digit.png").size == (224, 224)
+
+
+def post_paths(server) -> set[str]:
+    """The service's POST routes as its own OpenAPI spec lists them."""
+    paths = requests.get(f"{server.url}/docs.json", timeout=10).json()["paths"]
+    return {p for p, ops in paths.items() if "post" in ops}
+
+
+def test_every_post_route_is_guarded(server):
+    bounds = requests.get(f"{server.url}/info", timeout=10).json()["bounds"]["max_body_bytes"]
+    assert set(bounds) == post_paths(server) >= {"/generate", "/render", "/sample", "/interpolate"}
+    for path, limit in bounds.items():
+        r = requests.post(f"{server.url}{path}", data="{}", headers={"Content-Type": "text/plain"}, timeout=30)
+        assert r.status_code == 415, (path, r.status_code)
+        over = b'{"x": "' + b"a" * limit + b'"}'
+        r = requests.post(f"{server.url}{path}", data=over, headers={"Content-Type": "application/json"}, timeout=30)
+        assert r.status_code == 413 and "body" in r.text, (path, r.status_code, r.text)
+
+
+def test_hostile_bodies_are_refused_before_they_are_parsed(server):
+    """The body cap follows the largest valid request, and a body within it that holds
+    more values than any valid one (a long run of zeros inside one z) is refused."""
+    json_ = {"Content-Type": "application/json"}
+    bounds = requests.get(f"{server.url}/info", timeout=10).json()["bounds"]["max_body_bytes"]
+    two_million = b'{"z": [[' + b"0," * 1_999_999 + b'0]]}'
+    r = requests.post(f"{server.url}/generate", data=two_million, headers=json_, timeout=30)
+    assert r.status_code == 413 and "body" in r.text
+    for path, field in (("/generate", b'{"z": [['), ("/render", b'{"z": ['), ("/interpolate", b'{"z_start": [')):
+        n = (bounds[path] - 64) // 2  # "0," pairs that fit under the byte cap
+        closing = b"]]}" if path == "/generate" else b"]}"
+        body = field + b"0," * n + b"0" + closing
+        assert len(body) <= bounds[path]
+        r = requests.post(f"{server.url}{path}", data=body, headers=json_, timeout=30)
+        assert r.status_code == 413 and "values" in r.text, (path, r.status_code, r.text)
+    # The largest valid request, with every number at full float64 length, is served.
+    z = (np.random.default_rng(0).uniform(-1, 1, (256, Z_DIM)) * (1 - 1e-16)).tolist()
+    body = json.dumps({"z": z}).encode()
+    assert len(body) > 256 * Z_DIM * 18
+    r = requests.post(f"{server.url}/generate", data=body, headers=json_, timeout=60)
+    assert r.status_code == 200 and len(r.json()) == 256
     assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200
 
 
