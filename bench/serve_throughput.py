@@ -7,8 +7,9 @@ For each generator (untrained weights; throughput does not depend on them):
 the in-process bound (SavedModel `serve` at batch 64, images/s), then a real
 `bentoml serve serving.service:Generator` on a free loopback port with a temp
 BentoML home, driven by an asyncio HTTP client at concurrency 1, 8 and 32
-with single-z `/generate` calls. Prints requests/s (= images/s), its ratio
-to the bound, and p50/p99 latency; each figure is the median of --repeat
+with single-z `/generate` calls, answered as JSON (the default) and as `.npy`
+(`Accept: application/x-npy`). Prints requests/s (= images/s), its ratio
+to the bound, the .npy rate over the JSON one, and p50/p99 latency; each figure is the median of --repeat
 rounds, and a ratio is taken against the bound measured in the same round.
 The client shares the machine's cores with the server, as a
 sidecar load generator would.
@@ -99,7 +100,10 @@ def serve(tag: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, s
     raise TimeoutError(log.read_text()[-3000:])
 
 
-async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
+MODES = {"json": "application/json", "npy": "application/x-npy"}
+
+
+async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, accept: str = MODES["json"]) -> dict:
     """`concurrency` clients each sending single-z /generate calls back to
     back for `seconds`; latencies of the calls that completed."""
     import aiohttp
@@ -108,7 +112,7 @@ async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float) 
     errors = 0
     stop = time.perf_counter() + seconds
     conn = aiohttp.TCPConnector(limit=concurrency)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Accept": accept}
     async with aiohttp.ClientSession(connector=conn) as session:
         async def client(k: int) -> None:
             nonlocal errors
@@ -132,7 +136,7 @@ async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float) 
             "n": len(latencies), "errors": errors}
 
 
-def bench(url: str, bound, z_dim: int, seconds: float, repeat: int) -> tuple[float, dict[int, dict]]:
+def bench(url: str, bound, z_dim: int, seconds: float, repeat: int) -> tuple[float, dict[tuple, dict]]:
     """Rounds of (bound, then each concurrency level), so that load from
     other processes drifts over both alike; ratios are taken within a round."""
     import numpy as np
@@ -143,18 +147,20 @@ def bench(url: str, bound, z_dim: int, seconds: float, repeat: int) -> tuple[flo
     # Warm-up also trains BentoML's batching optimizer (its first calls are
     # its own calibration runs).
     asyncio.run(load(url, bodies, 8, 3.0))
-    bounds, rounds = [], {c: [] for c in LEVELS}
+    bounds, rounds = [], {(m, c): [] for c in LEVELS for m in MODES}
     for _ in range(repeat):
         bounds.append(bound(2.0))
         for c in LEVELS:
-            r = asyncio.run(load(url, bodies, c, seconds))
-            r["ratio"] = r["rps"] / bounds[-1]
-            rounds[c].append(r)
+            for mode, accept in MODES.items():
+                r = asyncio.run(load(url, bodies, c, seconds, accept))
+                r["ratio"] = r["rps"] / bounds[-1]
+                rounds[mode, c].append(r)
+            rounds["npy", c][-1]["vs_json"] = rounds["npy", c][-1]["rps"] / rounds["json", c][-1]["rps"]
     out = {}
-    for c, rs in rounds.items():
-        out[c] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "ratio", "p50", "p99")}
-        out[c]["n"] = sum(r["n"] for r in rs)
-        out[c]["errors"] = sum(r["errors"] for r in rs)
+    for key, rs in rounds.items():
+        out[key] = {k: statistics.median(r.get(k, 1.0) for r in rs) for k in ("rps", "ratio", "vs_json", "p50", "p99")}
+        out[key]["n"] = sum(r["n"] for r in rs)
+        out[key]["errors"] = sum(r["errors"] for r in rs)
     return statistics.median(bounds), out
 
 
@@ -188,9 +194,10 @@ def main(argv: list[str] | None = None) -> None:
             os.killpg(proc.pid, 15)
             proc.wait(60)
         print(f"\n{arch}: in-process bound {bound_rate:8.1f} images/s (SavedModel serve, batch {BOUND_BATCH})")
-        print(f"  {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'calls':>6} {'errors':>6}")
-        for c, r in results.items():
-            print(f"  {c:>11} {r['rps']:8.1f} {r['ratio']:6.2f} {r['p50'] * 1e3:7.1f} "
+        print(f"  {'answer':>6} {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'/ json':>6} {'p50 ms':>7} "
+              f"{'p99 ms':>7} {'calls':>6} {'errors':>6}")
+        for (mode, c), r in results.items():
+            print(f"  {mode:>6} {c:>11} {r['rps']:8.1f} {r['ratio']:6.2f} {r['vs_json']:6.2f} {r['p50'] * 1e3:7.1f} "
                   f"{r['p99'] * 1e3:7.1f} {r['n']:6d} {r['errors']:6d}")
 
 

@@ -37,6 +37,21 @@ def body_bound(values: int) -> int:
     return values * VALUE_BYTES + BODY_SLACK
 
 
+def npy_routes(service) -> frozenset[str]:
+    """The routes whose answer is one ndarray: those that can answer `.npy`."""
+    return frozenset(api.route for api in service.apis.values()
+                     if api.output_spec.model_json_schema().get("type") == "tensor")
+
+
+def accepts(headers: dict, media_type: bytes) -> bool:
+    """Whether the Accept header names `media_type` (with any parameters, q > 0)."""
+    for item in headers.get(b"accept", b"").split(b","):
+        kind, _, params = item.strip().partition(b";")
+        if kind.strip().lower() == media_type and b"q=0" not in params.replace(b" ", b"").split(b";"):
+            return True
+    return False
+
+
 def route_limits(service) -> dict[str, int]:
     """{route: the most values its valid body holds} for every API of a BentoML service,
     from the service's own route list and input schemas."""
@@ -51,8 +66,12 @@ class RequestGuard:
     valid one: a body of two million zeros in one z is refused before any list is built.
     Bodies sent without a Content-Length are read up to the bound and cut off there."""
 
-    def __init__(self, app, limits: dict[str, int]):
+    def __init__(self, app, limits: dict[str, int], npy: frozenset[str] = frozenset(),
+                 npy_request: str = ""):
         self.app = app
+        # Routes answering `.npy` to `Accept: application/x-npy`: the request goes on with
+        # the Content-Type of the serializer that writes it (serving/bentoml_private.py).
+        self.npy, self.npy_request = npy, npy_request.encode()
         self.values = dict(limits)
         self.max_body = {route: body_bound(n) for route, n in self.values.items()}
 
@@ -87,6 +106,10 @@ class RequestGuard:
         if commas > 2 * self.values[route] + 64:
             return await _reject(send, 413, f"body: {commas + 1} values, far more than a valid {route} "
                                             f"request holds ({self.values[route]})")
+
+        if route in self.npy and accepts(headers, b"application/x-npy"):
+            scope = dict(scope, headers=[(k, self.npy_request if k == b"content-type" else v)
+                                         for k, v in scope["headers"]])
 
         async def replay():
             return {"type": "http.request", "body": bytes(body), "more_body": False}

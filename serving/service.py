@@ -28,8 +28,8 @@ from fastapi.responses import FileResponse
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, Field
 
-from serving import batching, selection
-from serving.guard import RequestGuard, body_bound, route_limits
+from serving import bentoml_private, selection
+from serving.guard import RequestGuard, body_bound, npy_routes, route_limits
 
 # TensorFlow's oneDNN kernels, which it turns on by default only on CPUs with
 # AVX-512 VNNI or newer: the DCGAN generator at batch 64 went from 279 to 408
@@ -59,7 +59,8 @@ def _load_card(ref: bentoml.models.BentoModel) -> tuple[str, Path, dict]:
 
 if os.environ.get("MNIST_GAN_BATCH_HOLD", "0") != "1":
     # Read by the dispatcher BentoML builds for each batchable API, after this import.
-    batching.pin_no_hold()
+    bentoml_private.pin_no_hold()
+bentoml_private.register_npy()
 
 class ServeArgs(BaseModel):
     """`bentoml serve ... --arg model=...` (kept in a Bento built with it)."""
@@ -177,7 +178,8 @@ class Generator:
 
     @bentoml.api(batchable=True, max_batch_size=INFER_BATCH, max_latency_ms=20_000)
     def generate(self, z: ZBatch) -> Annotated[np.ndarray, ContentType("application/json")]:
-        """Images for a batch of z-vectors, as floats in [0, 1] of shape (n, 28, 28).
+        """Images for a batch of z-vectors, as floats in [0, 1] of shape (n, 28, 28):
+        JSON, or with `Accept: application/x-npy` one float32 array in NumPy's .npy format.
 
         Concurrent requests are batched together (adaptive batching)."""
         return self._infer(np.asarray(z, np.float32)).astype(np.float64).round(DECIMALS)
@@ -224,4 +226,5 @@ class Generator:
 
 LIMITS = route_limits(Generator)
 LIMITS_BYTES = {route: body_bound(n) for route, n in LIMITS.items()}
-Generator.add_asgi_middleware(RequestGuard, limits=LIMITS)
+Generator.add_asgi_middleware(RequestGuard, limits=LIMITS, npy=npy_routes(Generator),
+                              npy_request=bentoml_private.NPY_REQUEST)

@@ -82,6 +82,26 @@ def test_generate_equals_in_process(server, reference):
     np.testing.assert_allclose(got, reference(z), atol=1e-5)
 
 
+def test_generate_answers_npy_when_asked(server, reference):
+    z = z_of(5, 7)
+    r = post(server, "/generate", {"z": z}, headers={"Accept": "application/x-npy"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-npy", r.text[:200]
+    got = np.load(io.BytesIO(r.content), allow_pickle=False)
+    assert got.dtype == np.float32 and got.shape == (7, 28, 28)
+    np.testing.assert_allclose(got, reference(z), atol=1e-5)
+    as_json = np.asarray(post(server, "/generate", {"z": z}).json())
+    np.testing.assert_allclose(got, as_json, atol=1e-6)
+    # Among other types, with parameters; q=0 refuses it; JSON stays the default.
+    r = post(server, "/generate", {"z": z}, headers={"Accept": "text/html, application/x-npy;q=0.9"})
+    assert r.headers["content-type"] == "application/x-npy"
+    r = post(server, "/generate", {"z": z}, headers={"Accept": "application/x-npy;q=0, application/json"})
+    assert r.headers["content-type"] == "application/json"
+    # Errors stay JSON naming the field; other routes keep their own answer.
+    r = post(server, "/generate", {"z": [GOOD[:-1]]}, headers={"Accept": "application/x-npy"})
+    assert r.status_code == 400 and r.headers["content-type"] == "application/json" and "z_dim" in r.text
+    assert png(post(server, "/render", {"z": z[0]}, headers={"Accept": "application/x-npy"})).shape == (28, 28)
+
+
 @pytest.mark.parametrize("scale", [1, 3, 16])
 def test_render_scales_nearest_neighbour(server, reference, scale):
     z = z_of(2)
