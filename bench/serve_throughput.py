@@ -4,12 +4,17 @@
     python bench/serve_throughput.py --arch dcgan --seconds 8 --repeat 3
 
 For each generator (untrained weights; throughput does not depend on them):
-the in-process bound (SavedModel `serve` at batch 64, images/s), then a real
-`bentoml serve serving.service:Generator` on a free loopback port with a temp
-BentoML home, driven by an asyncio HTTP client at concurrency 1, 8 and 32
-with single-z `/generate` calls, answered as JSON (the default) and as `.npy`
-(`Accept: application/x-npy`). Prints requests/s (= images/s), its ratio
-to the bound, the .npy rate over the JSON one, and p50/p99 latency; each figure is the median of --repeat
+the in-process bound (SavedModel `serve` at batch 64, images/s), then, each on
+a free loopback port with a temp BentoML home and MLflow store, driven by the
+same asyncio HTTP client at concurrency 1, 8 and 32 with single-z calls:
+ours (`bentoml serve serving.service:Generator`, `/generate` answered as JSON,
+the default, and as `.npy` with `Accept: application/x-npy`); its peers, a
+plain BentoML service with default adaptive batching and no tuning
+(bench/plain_service.py) and `mlflow models serve` of the same generator
+registered as the export stage logs it; and the plain service's no-op
+endpoint (a constant 28 x 28 JSON list: BentoML's HTTP and JSON ceiling). Prints requests/s (= images/s), its ratio
+to the bound and to `mlflow models serve`, p50/p99 latency, and per level
+ours over the plain service and over the no-op ceiling; each figure is the median of --repeat
 rounds, and a ratio is taken against the bound measured in the same round.
 The client shares the machine's cores with the server, as a
 sidecar load generator would.
@@ -77,22 +82,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(tag: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+def serve(cmd: list[str], env: dict[str, str], log: Path, ready: str) -> tuple[subprocess.Popen, str]:
+    """Starts `cmd` (with {port} filled in) and waits until GET `ready` answers 200."""
     import requests
 
     port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:Generator",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=dict(env, MNIST_GAN_MODEL=tag), stdout=log.open("w"),
-        stderr=subprocess.STDOUT, start_new_session=True)
+    # The venv's tools (mlflow runs `uvicorn` by name) whether or not it is activated.
+    env = dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    proc = subprocess.Popen([c.format(port=port) for c in cmd], cwd=ROOT, env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(log.read_text()[-3000:])
         try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if requests.get(f"{url}{ready}", timeout=2).status_code == 200:
                 return proc, url
         except requests.RequestException:  # still starting
             pass
@@ -100,12 +105,33 @@ def serve(tag: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, s
     raise TimeoutError(log.read_text()[-3000:])
 
 
+def bentoml_serve(target: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    return serve([str(Path(sys.executable).parent / "bentoml"), "serve", target, "--host", "127.0.0.1",
+                  "--port", "{port}"], env, log, "/readyz")
+
+
+def mlflow_serve(saved: Path, tmp: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    """`mlflow models serve` of the generator registered as the export stage logs it
+    (the same pyfunc), what an MLflow user would run instead of a service."""
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment("serve-bench")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="generator", python_model=str(ROOT / "pipeline" / "mlflow_model.py"),
+                                       artifacts={"saved_model": str(saved)},
+                                       registered_model_name=f"bench-{saved.name}")
+    uri = f"models:/bench-{saved.name}/{info.registered_model_version}"
+    return serve([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", uri, "--env-manager",
+                  "local", "--host", "127.0.0.1", "--port", "{port}"], env, log, "/ping")
+
+
 MODES = {"json": "application/json", "npy": "application/x-npy"}
 
 
 async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, accept: str = MODES["json"]) -> dict:
-    """`concurrency` clients each sending single-z /generate calls back to
-    back for `seconds`; latencies of the calls that completed."""
+    """`concurrency` clients each sending single-z calls to `url` back to back for
+    `seconds`; latencies of the calls that completed."""
     import aiohttp
 
     latencies: list[float] = []
@@ -119,7 +145,7 @@ async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, 
             i = k
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
-                async with session.post(f"{url}/generate", data=bodies[i % len(bodies)],
+                async with session.post(url, data=bodies[i % len(bodies)],
                                         headers=headers) as r:
                     await r.read()
                     if r.status != 200:
@@ -136,32 +162,39 @@ async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, 
             "n": len(latencies), "errors": errors}
 
 
-def bench(url: str, bound, z_dim: int, seconds: float, repeat: int) -> tuple[float, dict[tuple, dict]]:
-    """Rounds of (bound, then each concurrency level), so that load from
-    other processes drifts over both alike; ratios are taken within a round."""
-    import numpy as np
-
-    rng = np.random.default_rng(1)
-    bodies = [json.dumps({"z": [rng.standard_normal(z_dim).round(6).tolist()]}).encode()
-              for _ in range(256)]
-    # Warm-up also trains BentoML's batching optimizer (its first calls are
-    # its own calibration runs).
-    asyncio.run(load(url, bodies, 8, 3.0))
-    bounds, rounds = [], {(m, c): [] for c in LEVELS for m in MODES}
+def bench(targets: dict[str, tuple[str, list[bytes], str]], bound, seconds: float,
+          repeat: int) -> tuple[float, dict[tuple, dict]]:
+    """Rounds of (bound, then each concurrency level over every target), so that load
+    from other processes drifts over all alike; ratios are taken within a round.
+    `targets`: name -> (URL, request bodies, Accept)."""
+    for url, bodies, accept in targets.values():
+        # Warm-up also trains BentoML's batching optimizer (its first calls are
+        # its own calibration runs).
+        asyncio.run(load(url, bodies, 8, 3.0, accept))
+    bounds, rounds = [], {(name, c): [] for c in LEVELS for name in targets}
     for _ in range(repeat):
         bounds.append(bound(2.0))
         for c in LEVELS:
-            for mode, accept in MODES.items():
+            for name, (url, bodies, accept) in targets.items():
                 r = asyncio.run(load(url, bodies, c, seconds, accept))
                 r["ratio"] = r["rps"] / bounds[-1]
-                rounds[mode, c].append(r)
-            rounds["npy", c][-1]["vs_json"] = rounds["npy", c][-1]["rps"] / rounds["json", c][-1]["rps"]
+                rounds[name, c].append(r)
+            for name in targets:
+                rounds[name, c][-1]["vs_mlflow"] = (rounds[name, c][-1]["rps"] / rounds["mlflow", c][-1]["rps"]
+                                                    if ("mlflow", c) in rounds else float("nan"))
     out = {}
     for key, rs in rounds.items():
-        out[key] = {k: statistics.median(r.get(k, 1.0) for r in rs) for k in ("rps", "ratio", "vs_json", "p50", "p99")}
+        out[key] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "ratio", "vs_mlflow", "p50", "p99")}
         out[key]["n"] = sum(r["n"] for r in rs)
         out[key]["errors"] = sum(r["errors"] for r in rs)
     return statistics.median(bounds), out
+
+
+def z_bodies(z_dim: int, key: str) -> list[bytes]:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    return [json.dumps({key: [rng.standard_normal(z_dim).round(6).tolist()]}).encode() for _ in range(256)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,21 +217,45 @@ def main(argv: list[str] | None = None) -> None:
           f"service workers {env.get('MNIST_GAN_WORKERS', 1)}, TF threads per op "
           f"{env.get('MNIST_GAN_TF_THREADS', 1)} (0 = TF default), BentoML batching hold "
           f"{'on' if env.get('MNIST_GAN_BATCH_HOLD') == '1' else 'off'}; medians")
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     for arch in archs:
         tag, saved = store(arch, args.z_dim, tmp)
         bound = in_process(saved, args.z_dim)
-        proc, url = serve(tag, env, tmp / f"{arch}-serve.log")
+        ours_body, plain_body, mlflow_body = (z_bodies(args.z_dim, k) for k in ("z", "z", "inputs"))
+        servers = []
         try:
-            bound_rate, results = bench(url, bound, args.z_dim, args.seconds, args.repeat)
+            ours, ours_url = bentoml_serve("serving.service:Generator", dict(env, MNIST_GAN_MODEL=tag),
+                                           tmp / f"{arch}-ours.log")
+            servers.append(ours)
+            plain, plain_url = bentoml_serve("bench.plain_service:Plain", dict(env, PLAIN_SAVED_MODEL=str(saved)),
+                                             tmp / f"{arch}-plain.log")
+            servers.append(plain)
+            mlf, mlflow_url = mlflow_serve(saved, tmp, env, tmp / f"{arch}-mlflow.log")
+            servers.append(mlf)
+            targets = {
+                "ours json": (f"{ours_url}/generate", ours_body, MODES["json"]),
+                "ours npy": (f"{ours_url}/generate", ours_body, MODES["npy"]),
+                "plain bentoml": (f"{plain_url}/generate", plain_body, MODES["json"]),
+                "mlflow": (f"{mlflow_url}/invocations", mlflow_body, MODES["json"]),
+                "no-op ceiling": (f"{plain_url}/noop", plain_body, MODES["json"]),
+            }
+            bound_rate, results = bench(targets, bound, args.seconds, args.repeat)
         finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(60)
+            for proc in servers:
+                os.killpg(proc.pid, 15)
+                proc.wait(60)
         print(f"\n{arch}: in-process bound {bound_rate:8.1f} images/s (SavedModel serve, batch {BOUND_BATCH})")
-        print(f"  {'answer':>6} {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'/ json':>6} {'p50 ms':>7} "
+        print(f"  {'server':>14} {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'/mlflow':>7} {'p50 ms':>7} "
               f"{'p99 ms':>7} {'calls':>6} {'errors':>6}")
-        for (mode, c), r in results.items():
-            print(f"  {mode:>6} {c:>11} {r['rps']:8.1f} {r['ratio']:6.2f} {r['vs_json']:6.2f} {r['p50'] * 1e3:7.1f} "
-                  f"{r['p99'] * 1e3:7.1f} {r['n']:6d} {r['errors']:6d}")
+        for c in LEVELS:
+            for name in targets:
+                r = results[name, c]
+                print(f"  {name:>14} {c:>11} {r['rps']:8.1f} {r['ratio']:6.2f} {r['vs_mlflow']:7.2f} "
+                      f"{r['p50'] * 1e3:7.1f} {r['p99'] * 1e3:7.1f} {r['n']:6d} {r['errors']:6d}")
+            ours_json, ours_npy = results["ours json", c]["rps"], results["ours npy", c]["rps"]
+            print(f"  {'':>14} c={c}: npy / json {ours_npy / ours_json:.2f}; ours json / plain bentoml "
+                  f"{ours_json / results['plain bentoml', c]['rps']:.2f}; json / no-op ceiling "
+                  f"{ours_json / results['no-op ceiling', c]['rps']:.2f}")
 
 
 if __name__ == "__main__":
