@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     print(f"cpus {os.cpu_count()}; z_dim {args.z_dim}; {args.repeat} rounds of {args.seconds:g}s; "
           f"service workers {env.get('MNIST_GAN_WORKERS', 1)}, TF threads per op "
-          f"{env.get('MNIST_GAN_TF_THREADS', 1)} (0 = TF default), BentoML batching hold "
+          f"{env.get('MNIST_GAN_TF_THREADS', 'auto')} (0 = TF default; auto: 1 for the MLP, 0 for the conv nets), BentoML batching hold "
           f"{'on' if env.get('MNIST_GAN_BATCH_HOLD') == '1' else 'off'}; medians")
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     for arch in archs:

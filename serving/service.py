@@ -159,10 +159,11 @@ class Generator:
     def __init__(self) -> None:
         import tensorflow as tf
 
-        # One thread per op by default: on a small CPU the HTTP event loop
-        # needs a core of its own, and TF's op-level threads then only
-        # contend with it (bench/serve_throughput.py measured both).
-        threads = int(os.environ.get("MNIST_GAN_TF_THREADS", "1"))
+        # auto: one thread per op for the MLP, whose requests are mostly HTTP (on a small
+        # CPU the event loop then keeps a core), TF's default for the conv nets, where the
+        # model is the cost (bench/serve_throughput.py measured both per arch).
+        setting = os.environ.get("MNIST_GAN_TF_THREADS", "auto")
+        threads = (1 if CARD.get("arch") == "mlp" else 0) if setting == "auto" else int(setting)
         if threads > 0:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
