@@ -2,6 +2,9 @@
 as its docs write one, with default adaptive batching and no tuning, serving the
 same SavedModel (PLAIN_SAVED_MODEL), and a no-op endpoint that answers a
 constant 28 x 28 JSON list (the ceiling of BentoML's HTTP and JSON path here).
+With PLAIN_GUARD=1 the same service runs behind our request guard
+(serving/guard.py, with our /generate's bounds: its unbounded inputs give the
+guard no schema to derive them from), which prices the guard.
 
     PLAIN_SAVED_MODEL=<dir> bentoml serve bench.plain_service:Plain
 """
@@ -27,3 +30,10 @@ class Plain:
     @bentoml.api
     def noop(self, z: list) -> list:
         return [BLANK] * len(z)
+
+
+if os.environ.get("PLAIN_GUARD") == "1":
+    from serving.guard import RequestGuard
+
+    LIMIT = 256 * 100  # our /generate at z_dim 100: 256 vectors of 100 numbers
+    Plain.add_asgi_middleware(RequestGuard, limits={"/generate": LIMIT, "/noop": LIMIT})

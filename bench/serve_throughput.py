@@ -12,7 +12,8 @@ the default, and as `.npy` with `Accept: application/x-npy`); its peers, a
 plain BentoML service with default adaptive batching and no tuning
 (bench/plain_service.py) and `mlflow models serve` of the same generator
 registered as the export stage logs it; and the plain service's no-op
-endpoint (a constant 28 x 28 JSON list: BentoML's HTTP and JSON ceiling). Prints requests/s (= images/s), its ratio
+endpoint (a constant 28 x 28 JSON list: BentoML's HTTP and JSON ceiling), bare and
+behind our request guard (what the guard costs). Prints requests/s (= images/s), its ratio
 to the bound and to `mlflow models serve`, p50/p99 latency, and per level
 ours over the plain service and over the no-op ceiling; each figure is the median of --repeat
 rounds, and a ratio is taken against the bound measured in the same round.
@@ -232,12 +233,17 @@ def main(argv: list[str] | None = None) -> None:
             servers.append(plain)
             mlf, mlflow_url = mlflow_serve(saved, tmp, env, tmp / f"{arch}-mlflow.log")
             servers.append(mlf)
+            guarded, guarded_url = bentoml_serve("bench.plain_service:Plain",
+                                                 dict(env, PLAIN_SAVED_MODEL=str(saved), PLAIN_GUARD="1"),
+                                                 tmp / f"{arch}-guarded.log")
+            servers.append(guarded)
             targets = {
                 "ours json": (f"{ours_url}/generate", ours_body, MODES["json"]),
                 "ours npy": (f"{ours_url}/generate", ours_body, MODES["npy"]),
                 "plain bentoml": (f"{plain_url}/generate", plain_body, MODES["json"]),
                 "mlflow": (f"{mlflow_url}/invocations", mlflow_body, MODES["json"]),
                 "no-op ceiling": (f"{plain_url}/noop", plain_body, MODES["json"]),
+                "no-op guarded": (f"{guarded_url}/noop", plain_body, MODES["json"]),
             }
             bound_rate, results = bench(targets, bound, args.seconds, args.repeat)
         finally:
@@ -255,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
             ours_json, ours_npy = results["ours json", c]["rps"], results["ours npy", c]["rps"]
             print(f"  {'':>14} c={c}: npy / json {ours_npy / ours_json:.2f}; ours json / plain bentoml "
                   f"{ours_json / results['plain bentoml', c]['rps']:.2f}; json / no-op ceiling "
-                  f"{ours_json / results['no-op ceiling', c]['rps']:.2f}")
+                  f"{ours_json / results['no-op ceiling', c]['rps']:.2f}; no-op behind our guard / bare "
+                  f"{results['no-op guarded', c]['rps'] / results['no-op ceiling', c]['rps']:.2f}")
 
 
 if __name__ == "__main__":
