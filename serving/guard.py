@@ -32,9 +32,9 @@ def max_values(schema: dict, defs: dict | None = None) -> int:
     return 1
 
 
-def body_bound(values: int) -> int:
-    """The longest body, in bytes, that `values` JSON values need."""
-    return values * VALUE_BYTES + BODY_SLACK
+def body_bounds(limits: dict[str, int]) -> dict[str, int]:
+    """{route: the longest body, in bytes, that its most values need}."""
+    return {route: values * VALUE_BYTES + BODY_SLACK for route, values in limits.items()}
 
 
 def npy_routes(service) -> frozenset[str]:
@@ -46,8 +46,13 @@ def npy_routes(service) -> frozenset[str]:
 def accepts(headers: dict, media_type: bytes) -> bool:
     """Whether the Accept header names `media_type` (with any parameters, q > 0)."""
     for item in headers.get(b"accept", b"").split(b","):
-        kind, _, params = item.strip().partition(b";")
-        if kind.strip().lower() == media_type and b"q=0" not in params.replace(b" ", b"").split(b";"):
+        kind, *params = item.split(b";")
+        if kind.strip().lower() != media_type:
+            continue
+        q = [p.split(b"=", 1)[1] for p in params if p.strip().lower().startswith(b"q=")]
+        try:
+            return not q or float(q[0]) > 0
+        except ValueError:  # a malformed q: as if it were absent
             return True
     return False
 
@@ -73,7 +78,7 @@ class RequestGuard:
         # the Content-Type of the serializer that writes it (serving/bentoml_private.py).
         self.npy, self.npy_request = npy, npy_request.encode()
         self.values = dict(limits)
-        self.max_body = {route: body_bound(n) for route, n in self.values.items()}
+        self.max_body = body_bounds(self.values)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.values:
@@ -84,10 +89,10 @@ class RequestGuard:
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if ctype != b"application/json":
             return await _reject(send, 415, "content-type: expected application/json")
+        too_long = f"body: larger than {max_body} bytes, the most a valid {route} request takes"
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body):
-            return await _reject(send, 413, f"body: larger than {max_body} bytes, the most a valid {route} "
-                                            "request takes")
+            return await _reject(send, 413, too_long)
         body = bytearray()
         while True:
             message = await receive()
@@ -95,8 +100,7 @@ class RequestGuard:
                 return
             body += message.get("body", b"")
             if len(body) > max_body:
-                return await _reject(send, 413, f"body: larger than {max_body} bytes, the most a valid {route} "
-                                                "request takes")
+                return await _reject(send, 413, too_long)
             if not message.get("more_body", False):
                 break
         # n values have n - 1 separating commas. Up to twice a valid body's count goes on to

@@ -29,7 +29,7 @@ from PIL import Image
 from pydantic import AfterValidator, BaseModel, Field
 
 from serving import bentoml_private, selection
-from serving.guard import RequestGuard, body_bound, npy_routes, route_limits
+from serving.guard import RequestGuard, body_bounds, npy_routes, route_limits
 
 # TensorFlow's oneDNN kernels, which it turns on by default only on CPUs with
 # AVX-512 VNNI or newer: the DCGAN generator at batch 64 went from 279 to 408
@@ -226,6 +226,6 @@ class Generator:
 
 
 LIMITS = route_limits(Generator)
-LIMITS_BYTES = {route: body_bound(n) for route, n in LIMITS.items()}
+LIMITS_BYTES = body_bounds(LIMITS)
 Generator.add_asgi_middleware(RequestGuard, limits=LIMITS, npy=npy_routes(Generator),
                               npy_request=bentoml_private.NPY_REQUEST)

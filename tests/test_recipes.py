@@ -24,6 +24,7 @@ def test_there_are_recipes_for_the_seeds_convolutional_archs():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_overrides_validate_and_change_what_they_name(recipe):
     items = overrides(recipe)
+    repo = yaml.safe_load((ROOT / "params.yaml").read_text())
     doc = with_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), items)
     for section in params.SECTIONS:
         params.parse(section, doc.get(section))
@@ -31,7 +32,7 @@ def test_recipe_overrides_validate_and_change_what_they_name(recipe):
     assert train.arch == recipe.stem
     for item in items:  # every override is a leaf that params.yaml has, so -S cannot add a stray key
         key, _ = item.split("=", 1)
-        node = yaml.safe_load((ROOT / "params.yaml").read_text())
+        node = repo
         for part in key.split("."):
             assert isinstance(node, dict) and part in node, f"{recipe.name}: {key} is not in params.yaml"
             node = node[part]
