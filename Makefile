@@ -19,10 +19,11 @@ JOBS ?= 2
 GRID_SET ?=
 
 # Debian packages some features use: Graphviz draws the architecture
-# diagrams, Chromium drives the browser test of the service's page.
-DEBIAN_PACKAGES ?= graphviz chromium
+# diagrams, Chromium drives the browser test of the service's page, PostgreSQL
+# is make stack's database.
+DEBIAN_PACKAGES ?= graphviz chromium postgresql
 
-.PHONY: run test serve ui grid exp compare install install-dev install-gpu system-deps clean
+.PHONY: run test serve ui grid exp compare install install-dev install-gpu install-team system-deps stack stack-down stack-env remote clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +59,10 @@ system-deps:
 	else \
 		echo "note: missing Debian packages ($$missing); install them for architecture diagrams and the browser test"; \
 	fi
+
+# A team's clients and server parts (PostgreSQL driver, S3 for MLflow and DVC).
+install-team: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[team]"
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -114,6 +119,25 @@ exp: install
 # The comparison report (reports/compare/) of the experiment's finished runs, or RUNS="a b".
 compare: install
 	$(BIN)/python -m pipeline.compare $(if $(RUNS),--runs $(RUNS))
+
+# A tracking server on PostgreSQL and an S3-compatible store (moto), on loopback
+# (ops/stack.py; README, "Team mode"). stack-down stops it; the database stays.
+stack: install
+	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES=postgresql
+	@$(BIN)/python -c "import psycopg2, boto3, moto" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[stack]"
+	@$(BIN)/python ops/stack.py up
+
+stack-down:
+	@$(BIN)/python ops/stack.py down
+
+# The exports that point this shell at the stack: eval "$$(make -s stack-env)".
+stack-env:
+	@$(BIN)/python ops/stack.py env
+
+# The default DVC remote: make remote URL=s3://bucket/path [ENDPOINT=http://...] or URL=/a/folder.
+remote: install
+	@$(BIN)/python -c "import dvc_s3" 2>/dev/null || case "$(URL)" in s3://*) $(BIN)/python -m pip install --quiet -e ".[team]";; esac
+	@bash ops/remote.sh "$(URL)" "$(ENDPOINT)"
 
 clean:
 	rm -rf data/prepared models reports export

@@ -389,19 +389,26 @@ def test_page_renders_in_headless_chromium(server, tmp_path):
     assert 'src="blob:' in dom and dom.count('src="blob:') == 3          # digit, grid, strip
 
 
-def test_bentoml_build(home):
-    """`bentoml build` from serving/bentofile.yaml, as `make bento` runs it, packs the
-    service and the page and the model asked for, and keeps the choice in the Bento."""
+@pytest.fixture(scope="module")
+def bento(home):
+    """`bentoml build` from serving/bentofile.yaml, as `make bento` runs it."""
     tmp, env, chosen = home
     proc = subprocess.run([str(BIN / "bentoml"), "build", "-f", "serving/bentofile.yaml", "--output", "tag",
                            "--arg", f"model={chosen}", "."],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    tag = proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    name, version = tag.split(":")
-    bento = tmp / "bentoml/bentos" / name / version
-    assert (bento / "src/serving/service.py").is_file() and (bento / "src/serving/static/index.html").is_file()
-    manifest = (bento / "bento.yaml").read_text()
+    return proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+
+
+def test_bentoml_build(home, bento):
+    """The Bento packs the service, every module it imports and the page, names the
+    model asked for, and keeps the choice as its argument."""
+    tmp, env, chosen = home
+    name, version = bento.split(":")
+    src = tmp / "bentoml/bentos" / name / version / "src"
+    assert (src / "serving/static/index.html").is_file()
+    assert {p.name for p in (ROOT / "serving").glob("*.py")} == {p.name for p in (src / "serving").glob("*.py")}
+    manifest = (tmp / "bentoml/bentos" / name / version / "bento.yaml").read_text()
     assert "serving.service:Generator" in manifest
     # The Bento names the model by tag; the store keeps it (containerize copies it in).
     stored = {f"mnist_gan_generator:{p.name}" for p in (tmp / "bentoml/models/mnist_gan_generator").iterdir()
@@ -409,3 +416,28 @@ def test_bentoml_build(home):
     referenced = yaml.safe_load(manifest)["services"][0]["models"]
     assert [m["tag"] for m in referenced] == [chosen] and chosen in stored
     assert yaml.safe_load(manifest)["args"] == {"model": chosen}
+
+
+@pytest.mark.parametrize("override", [False, True], ids=["its-model", "MNIST_GAN_MODEL"])
+def test_bento_serves_from_another_directory(home, bento, tmp_path, override):
+    """`bentoml serve <bento tag>` from a folder with no project files and no
+    PYTHONPATH: the Bento's own copy of the service answers, with the model it
+    was built with, or the one MNIST_GAN_MODEL names (as a container is pointed
+    at another tag)."""
+    tmp, env, chosen = home
+    env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    want = chosen
+    if override:
+        want = store_generator(dict(env, PYTHONPATH=str(ROOT)), "mlp", 12)
+        env["MNIST_GAN_MODEL"] = want
+    served = Served(tmp_path, env, target=bento)
+    try:
+        served.wait_ready()
+        info = requests.get(f"{served.url}/info", timeout=10).json()
+        assert info["tag"] == want and info["z_dim"] == (12 if override else Z_DIM)
+        r = post(served, "/generate", {"z": [[0.1] * info["z_dim"]] * 2})
+        assert r.status_code == 200 and np.asarray(r.json()).shape == (2, 28, 28), r.text[:300]
+        assert post(served, "/generate", {"z": [[0.1] * 3]}).status_code == 400
+    finally:
+        served.stop()
+    assert not any(p.suffix == ".py" for p in tmp_path.rglob("*"))

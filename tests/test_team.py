@@ -1,0 +1,192 @@
+"""Team mode on real engines (ops/stack.py): PostgreSQL, an S3-compatible store
+(moto's server) and `mlflow server` on loopback. The pipeline runs against the
+server; the run is read back from PostgreSQL, its artifacts from the bucket, the
+champion from a second process. Then DVC remotes, S3 on the same store and a
+folder, do the round trip to a fresh clone."""
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from e2e_util import BIN, ROOT, copy_project, env_for, free_port, set_params
+
+pytestmark = pytest.mark.e2e
+STEPS = 4
+# Permissive bounds, so that a four-step generator of one digit passes the gate and
+# becomes the champion: this test is about where things are stored, not their quality.
+PASSING = {"mode_min_share": 1e-6, "kl_max": 1e9, "diversity_min": 1e-6, "duplicate_excess_max": 1.0,
+           "copy_excess_max": 1.0, "copying_z_min": -1e9, "classifier_score_ratio_min": 1e-6,
+           "precision_min": 0.0, "recall_min": 0.0, "fcd_max": 1e12}
+
+
+def _stack(env: dict, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "ops/stack.py"), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("team")
+    env = dict(os.environ, STACK_DIR=str(tmp / "stack"), STACK_PG_PORT=str(free_port()),
+               STACK_S3_PORT=str(free_port()), STACK_MLFLOW_PORT=str(free_port()))
+    up = _stack(env, "up")
+    state = json.loads((tmp / "stack" / "stack.json").read_text())
+    yield tmp, env, state, up.stdout
+    _stack(env, "down", "--purge")
+
+
+@pytest.fixture(scope="module")
+def team_run(stack):
+    tmp, stack_env, state, _ = stack
+    exports = _stack(stack_env, "env").stdout
+    client_env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
+    project = copy_project(tmp / "project")
+    set_params(project, prepare={"limit": 200, "digits": [1]},
+               train={"steps": STEPS, "batch_size": 32, "sample_every": 2, "log_every": 2, "z_dim": 16,
+                      "checkpoint_every": 2, "jit_compile": False},
+               judge={"epochs": 1, "width": 4, "feature_dim": 16},
+               evaluate={"num_samples": 64, **PASSING})
+    env = dict(env_for(tmp), **client_env)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], cwd=project, check=True)
+    proc = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return project, env, state
+
+
+def test_up_says_what_it_started_and_is_idempotent(stack):
+    _, env, state, said = stack
+    assert f"PostgreSQL on 127.0.0.1:{state['pg_port']}" in said
+    assert f"object store (moto) at {state['s3_url']}" in said and f"mlflow server at {state['mlflow_url']}" in said
+    again = _stack(env, "up").stdout
+    assert "already running" in again and again.count("already running") == 3, again
+    assert oct((Path(env["STACK_DIR"]) / "stack.json").stat().st_mode & 0o777) == "0o600"
+    # The database password reaches mlflow server by environment, never its command line.
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert state["pg_password"] not in ps
+
+
+def test_pipeline_run_lands_in_postgres_and_the_bucket(team_run):
+    import boto3
+    import psycopg2
+
+    project, env, state = team_run
+    run_id = json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
+    assert json.loads((project / "reports/mlflow_run.json").read_text())["tracking_uri"] == state["mlflow_url"]
+    conn = psycopg2.connect(host="127.0.0.1", port=state["pg_port"], user="mlflow", password=state["pg_password"],
+                            dbname="mlflow")
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT status, artifact_uri FROM runs WHERE run_uuid = %s", (run_id,))
+        status, artifact_uri = cur.fetchone()
+        cur.execute("SELECT count(*) FROM metrics WHERE run_uuid = %s AND key = 'g_loss'", (run_id,))
+        g_loss_points = cur.fetchone()[0]
+        cur.execute("SELECT version FROM model_versions WHERE name = 'mnist-gan-generator' AND run_id = %s", (run_id,))
+        version = cur.fetchone()[0]
+        cur.execute("SELECT version FROM registered_model_aliases WHERE name = 'mnist-gan-generator' AND alias = 'champion'")
+        champion = cur.fetchone()[0]
+    conn.close()
+    assert status == "FINISHED" and artifact_uri.startswith("mlflow-artifacts:/")
+    assert g_loss_points == STEPS and champion == version
+
+    s3 = boto3.client("s3", endpoint_url=state["s3_url"], aws_access_key_id="k", aws_secret_access_key="s",
+                      region_name="us-east-1")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="mnist-gan", Prefix="mlflow/")
+            for o in page.get("Contents", [])]
+    mine = [k for k in keys if f"/{run_id}/" in k]
+    assert any(k.endswith("model_card.json") for k in mine), keys[:20]
+    assert any(k.endswith(".png") and "/samples/" in k for k in mine), mine
+    assert any(k.endswith("eval/verdict.json") for k in mine), mine
+    # The logged model's files: a registered version's source.
+    assert any(k.endswith("MLmodel") for k in keys), keys[:20]
+    assert not (project / "mlruns").exists() and not (project / "mlartifacts").exists()
+
+
+LOAD = """
+import numpy as np, mlflow
+m = mlflow.pyfunc.load_model("models:/mnist-gan-generator@champion")
+z = np.random.default_rng(0).standard_normal((3, 16)).astype("float32")
+out = np.asarray(m.predict(z))
+print(out.shape, out.dtype, float(out.min()) >= -1.0, float(out.max()) <= 1.0)
+"""
+
+
+def test_champion_loads_in_a_second_process(team_run, tmp_path):
+    project, env, state = team_run
+    # Only the server's URL: no S3 credentials, no project files.
+    clean = {k: v for k, v in env.items() if not k.startswith(("AWS_", "MLFLOW_S3"))}
+    proc = subprocess.run([sys.executable, "-c", LOAD], cwd=tmp_path, env=dict(clean, PYTHONPATH=""),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "(3, 28, 28, 1) float32 True True", proc.stdout
+
+
+OUTPUTS = ["data/prepared/mnist.npz", "models/generator.keras", "models/judge.keras", "export/model_card.json",
+           "reports/data.json", "reports/train/run.json"]
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    """The same files with the same bytes (DVC, like git, keeps no empty folders)."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    return files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and len(files) > 0 and \
+        all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
+
+
+def _round_trip(project: Path, env: dict, remote_args: list[str], clone: Path) -> None:
+    setup = subprocess.run(["bash", "ops/remote.sh", *remote_args], cwd=project, env=env, capture_output=True, text=True)
+    assert setup.returncode == 0 and "DVC remote 'storage'" in setup.stdout, setup.stdout + setup.stderr
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "remote"], cwd=project, check=True)
+    push = subprocess.run(["dvc", "push"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert push.returncode == 0, push.stdout + push.stderr
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    assert not (clone / "models/generator.keras").exists()
+    pull = subprocess.run(["dvc", "pull"], cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+    assert pull.returncode == 0, pull.stdout + pull.stderr
+    for rel in OUTPUTS:
+        assert filecmp.cmp(project / rel, clone / rel, shallow=False), rel
+    assert _same_files(project / "export/generator", clone / "export/generator")
+    assert _same_files(project / "reports/train/samples", clone / "reports/train/samples")
+    status = subprocess.run(["dvc", "status"], cwd=clone, env=env, capture_output=True, text=True)
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
+    repro = subprocess.run(["dvc", "repro"], cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+    assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
+    assert "up to date" in repro.stdout, repro.stdout
+
+
+def test_dvc_s3_remote_round_trip(team_run):
+    project, env, state = team_run
+    _round_trip(project, env, [f"s3://mnist-gan/dvc", state["s3_url"]], project.parent / "clone-s3")
+    assert "endpointurl" in (project / ".dvc/config").read_text()
+
+
+def test_dvc_folder_remote_round_trip(team_run):
+    project, env, state = team_run
+    folder = project.parent / "dvc-remote"
+    _round_trip(project, env, [str(folder)], project.parent / "clone-folder")
+    assert any(folder.rglob("*")) and "endpointurl" not in (project / ".dvc/config").read_text()
+
+
+def test_down_stops_everything(stack, tmp_path):
+    _, env, state, _ = stack
+    # A stack of its own, so the module's stays up for the tests above.
+    own = dict(env, STACK_DIR=str(tmp_path / "own"), STACK_PG_PORT=str(free_port()),
+               STACK_S3_PORT=str(free_port()), STACK_MLFLOW_PORT=str(free_port()))
+    _stack(own, "up")
+    said = _stack(own, "down").stdout
+    assert "stopped mlflow server" in said and "stopped the object store" in said and "stopped PostgreSQL" in said
+    import socket
+
+    for port in (own["STACK_PG_PORT"], own["STACK_S3_PORT"], own["STACK_MLFLOW_PORT"]):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(port))) != 0, port
+    status = subprocess.run([sys.executable, str(ROOT / "ops/stack.py"), "status"], env=own, capture_output=True, text=True)
+    assert status.returncode == 1 and "down" in status.stdout
+    _stack(own, "down", "--purge")
