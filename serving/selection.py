@@ -9,7 +9,10 @@ none, with exit status 1; `--tag` prints only the stored tag it resolves to
 - `champion` (the default): the version the MLflow registry's alias
   `champion` names, found through `MLFLOW_TRACKING_URI` (default: `mlflow.db`
   in the working directory); the export stage tags each registered version
-  with its BentoML tag and the reason for its promotion.
+  with its BentoML tag and the reason for its promotion. A champion missing
+  from this machine's BentoML store (exported on another machine, against a
+  shared tracking server) is copied into it from the registry first, under
+  the same tag.
 - `latest`: the newest export in the BentoML store, asked for by name.
 - anything else: a BentoML tag, `mnist_gan_generator:<version>`.
 
@@ -57,9 +60,50 @@ def champion() -> tuple[str, dict]:
     tag = mv.tags.get("bentoml_tag")
     if not tag:
         raise NoChampion(f"champion {REGISTERED_MODEL} v{mv.version} has no bentoml_tag; {HOW_TO}")
+    fetched = _ensure_stored(tag, mv)
     return tag, {"by": ALIAS, "registered_model": REGISTERED_MODEL, "version": str(mv.version),
                  "reason": f"alias {ALIAS} of {REGISTERED_MODEL} -> v{mv.version}; promoted because: "
-                           f"{mv.tags.get('promotion', 'set by hand')}"}
+                           f"{mv.tags.get('promotion', 'set by hand')}"
+                           + ("; copied from the registry into this machine's BentoML store" if fetched else "")}
+
+
+def _ensure_stored(tag: str, mv) -> bool:
+    """Puts the champion into the local BentoML store, from the registered
+    version's files (the SavedModel) and its run's model card, unless the
+    store holds it already. True when it copied it."""
+    import json
+    import shutil
+    import tempfile
+
+    import bentoml
+    import mlflow.artifacts
+    import yaml
+    from bentoml.exceptions import NotFound
+
+    try:
+        bentoml.models.get(tag)
+        return False
+    except NotFound:
+        pass
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(mlflow.artifacts.download_artifacts(
+            f"models:/{REGISTERED_MODEL}/{mv.version}", dst_path=f"{tmp}/model", tracking_uri=tracking_uri()))
+        card_file = Path(mlflow.artifacts.download_artifacts(
+            run_id=mv.run_id, artifact_path="model_card.json", dst_path=f"{tmp}/card", tracking_uri=tracking_uri()))
+        # The pyfunc's artifact `saved_model`, where its MLmodel says the logged files are.
+        flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["python_function"]
+        saved = model_dir / flavor.get("artifacts", {}).get("saved_model", {}).get("path", "artifacts/saved_model")
+        if not (saved / "saved_model.pb").is_file():
+            raise NoChampion(f"champion {REGISTERED_MODEL} v{mv.version} holds no SavedModel "
+                             f"(its pyfunc artifact saved_model); {HOW_TO}")
+        card = json.loads(card_file.read_text())
+        labels = {"mlflow_run_id": str(card.get("mlflow_run_id")), "arch": str(card.get("arch")),
+                  "registered_version": str(mv.version)}
+        with bentoml.models.create(tag, labels=labels, metadata={"z_dim": card["z_dim"],
+                                                                  "data_sha256": card.get("data_sha256")}) as ref:
+            shutil.copytree(saved, Path(ref.path) / "saved_model")
+            shutil.copy2(card_file, Path(ref.path) / "model_card.json")
+    return True
 
 
 def resolve(selector: str) -> tuple[str, dict]:

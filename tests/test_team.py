@@ -190,3 +190,37 @@ def test_down_stops_everything(stack, tmp_path):
     status = subprocess.run([sys.executable, str(ROOT / "ops/stack.py"), "status"], env=own, capture_output=True, text=True)
     assert status.returncode == 1 and "down" in status.stdout
     _stack(own, "down", "--purge")
+
+
+def test_make_serve_on_another_machine_fetches_the_champion(team_run, tmp_path):
+    """A second machine has the server's URL and an empty BentoML store: the
+    selection `make serve` runs copies the champion in from the registry, under
+    the tag the export gave it, and `bentoml serve` serves it."""
+    import requests
+
+    from e2e_util import Served
+
+    project, env, state = team_run
+    card = json.loads((project / "export/model_card.json").read_text())
+    home = tmp_path / "bentoml"
+    other = {k: v for k, v in env.items() if not k.startswith(("AWS_", "MLFLOW_S3"))}
+    other.update(BENTOML_HOME=str(home), PYTHONPATH=str(ROOT), BENTOML_DO_NOT_TRACK="true")
+    sel = subprocess.run([sys.executable, "-m", "serving.selection"], cwd=tmp_path, env=other,
+                         capture_output=True, text=True, timeout=300)
+    assert sel.returncode == 0 and "copied from the registry" in sel.stdout, sel.stdout + sel.stderr
+    tag = sel.stdout.split()[1].rstrip(":")
+    name, version = tag.split(":")
+    assert _same_files(project / "export/generator", home / "models" / name / version / "saved_model")
+    again = subprocess.run([sys.executable, "-m", "serving.selection"], cwd=tmp_path, env=other,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "copied" not in again.stdout, again.stdout + again.stderr
+    served = Served(tmp_path, other)
+    try:
+        served.wait_ready()
+        info = requests.get(f"{served.url}/info", timeout=10).json()
+        assert info["tag"] == tag and info["selected"]["by"] == "champion"
+        assert info["mlflow_run_id"] == card["mlflow_run_id"] and info["z_dim"] == card["z_dim"]
+        r = requests.post(f"{served.url}/generate", json={"z": [[0.0] * card["z_dim"]]}, timeout=30)
+        assert r.status_code == 200 and len(r.json()[0]) == 28
+    finally:
+        served.stop()
