@@ -5,12 +5,22 @@ history up to the checkpoint, and the MLflow run it belongs to.
 A run resumes only from an unfinished checkpoint whose params fingerprint
 matches; anything else starts fresh (the folder is cleared, sample grids
 included, and the stopped run's id is kept in `abandoned_run_id`).
+
+Under `train.strategy: multi_worker` the chief's folder is the one checkpoint
+(TensorFlow's multi-worker pattern): a save is a collective op, so every
+worker saves, but the others into a throwaway folder deleted at once; and to
+resume, every worker restores the chief's latest checkpoint. Workers on one
+machine read the chief's folder as it is; on several machines `--checkpoints`
+must be storage every host mounts at the same path (NFS, a cluster file
+system), or the chief's folder copied to each host before a resumed run.
+Workers that would start at different steps refuse to train (train.agree).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import tensorflow as tf
@@ -27,8 +37,10 @@ def fingerprint(train_params: dict, data_path: str | Path) -> str:
 
 
 class TrainState:
-    def __init__(self, directory: str | Path, gan, fingerprint: str, keep: int = 2):
+    def __init__(self, directory: str | Path, gan, fingerprint: str, keep: int = 2, chief: bool = True):
         self.dir = Path(directory)
+        # Only the chief writes (or clears) `directory`; the other workers read it.
+        self.chief = chief
         self.gan = gan
         self.fingerprint = fingerprint
         parts = dict(generator=gan.generator, discriminator=gan.discriminator,
@@ -58,8 +70,11 @@ class TrainState:
             step = int(self.gan.g_optimizer.iterations.numpy())
             rows = [r for r in json.loads((self.dir / "history.json").read_text()) if r["step"] <= step]
             self.run_id = meta.get("run_id")
-            self._manager()
+            if self.chief:
+                self._manager()
             return step, rows
+        if not self.chief:
+            return None
         if not meta.get("complete"):
             self.abandoned_run_id = meta.get("run_id")
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -72,6 +87,11 @@ class TrainState:
         return self.manager
 
     def save(self, step: int, rows: list[dict]) -> None:
+        if not self.chief:
+            # The same save as the chief's (it is collective), into a folder nobody reads.
+            with tempfile.TemporaryDirectory(prefix="train-worker-checkpoint-") as tmp:
+                tf.train.CheckpointManager(self.ckpt, tmp, max_to_keep=1).save(checkpoint_number=step)
+            return
         # History first: a kill between the two leaves extra rows, which restore drops.
         self._manager()
         atomic.write_json(self.dir / "history.json", rows)
@@ -79,6 +99,8 @@ class TrainState:
         self._write_meta(step=step, complete=False)
 
     def mark_complete(self) -> None:
+        if not self.chief:
+            return
         meta = self._meta()
         self._write_meta(step=meta.get("step"), complete=True)
 

@@ -3,7 +3,10 @@
 It computes and returns per-step losses and diagnostics and has no side
 effects; callbacks log, sample and checkpoint. Randomness is stateless,
 keyed on (seed, step), so a run restored from a checkpoint draws the same
-z and alpha as one that never stopped.
+z and alpha as one that never stopped. Under a tf.distribute strategy the
+batch is the global batch: each replica takes its rows of one draw for the
+whole batch, so the noise (like the images, see train.dataset) is the same
+however many replicas, on however many workers, share the batch.
 """
 from __future__ import annotations
 
@@ -66,26 +69,29 @@ class GAN(keras.Model):
             avg.assign(decay * avg + (1.0 - decay) * tf.cast(w, avg.dtype))
 
     def _seed(self, purpose: int):
-        # Under MirroredStrategy each replica draws its own noise; replica 0 (and a
-        # single-device run) draws exactly what it would alone.
         step = tf.cast(self.g_optimizer.iterations, tf.int32)
-        replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32)
-        base = tf.bitwise.bitwise_xor(tf.constant(self.noise_seed, tf.int32), replica * 0x9E3779B)
-        return tf.stack([base, step * 64 + purpose])
+        return tf.stack([tf.constant(self.noise_seed, tf.int32), step * 64 + purpose])
+
+    def _share(self, draw, n, purpose: int):
+        # This replica's n rows of one draw for the global batch (a single device
+        # takes all of it): the noise does not depend on the replica count.
+        ctx = tf.distribute.get_replica_context()
+        first = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * n
+        return draw(n * ctx.num_replicas_in_sync, self._seed(purpose))[first:first + n]
 
     def _z(self, n, purpose: int):
-        return tf.random.stateless_normal((n, self.z_dim), seed=self._seed(purpose))
+        return self._share(lambda rows, seed: tf.random.stateless_normal((rows, self.z_dim), seed=seed), n, purpose)
 
     def train_step(self, real):
-        # The batch holds n_critic slices of real images, one per critic update.
-        batch = tf.shape(real)[0] // self.n_critic
+        # real is (batch, n_critic, 28, 28, 1): column i feeds critic update i.
+        batch = tf.shape(real)[0]
         kind = self.loss_kind
         # Replicas' gradients are summed, so each differentiates its loss over the
         # replica count (as keras does for compiled losses); 1 outside a strategy.
         scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
         d_vars, g_vars = self.discriminator.trainable_weights, self.generator.trainable_weights
         for i in range(self.n_critic):
-            x = real[i * batch:(i + 1) * batch]
+            x = real[:, i]
             with tf.GradientTape() as tape:
                 fake = self.generator(self._z(batch, 2 * i), training=True)
                 if self.d_joint:
@@ -96,7 +102,8 @@ class GAN(keras.Model):
                     fake_out = self.discriminator(fake, training=True)
                 d_loss = losses.d_loss(kind, real_out, fake_out)
                 if self.gp_weight:
-                    alpha = tf.random.stateless_uniform((batch, 1, 1, 1), seed=self._seed(2 * i + 1))
+                    alpha = self._share(lambda rows, seed: tf.random.stateless_uniform((rows, 1, 1, 1), seed=seed),
+                                        batch, 2 * i + 1)
                     penalty = losses.gradient_penalty(self.discriminator, x, fake, alpha)
                     d_loss += self.gp_weight * penalty
                 scaled = d_loss * scale
@@ -126,7 +133,12 @@ class GAN(keras.Model):
         else:
             out["d_acc_real"] = tf.reduce_mean(tf.cast(real_out > 0, tf.float32))
             out["d_acc_fake"] = tf.reduce_mean(tf.cast(fake_out < 0, tf.float32))
-        # Raw per-step values rather than running means: the history is per step.
+        # Raw per-step values rather than running means: the history is per step. Keras
+        # averages them over the replicas; across workers it reduces along axis 0, which a
+        # scalar lacks (tensorflow/tensorflow#72388), so there each gets one.
+        strategy = tf.distribute.get_strategy()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode():
+            out = {k: v[None] for k, v in out.items()}
         return out
 
 

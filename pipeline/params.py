@@ -110,7 +110,9 @@ class TrainParams(_Section):
     oscillation_window: int = Field(200, ge=2)
     jit_compile: Literal["auto", True, False] = "auto"
     ema: float = Field(0.0, ge=0, lt=1)  # decay of the generator's weight average (0: none)
-    strategy: Literal["default", "mirrored"] = "default"  # mirrored: data-parallel over every GPU (else every CPU device)
+    # mirrored: data-parallel over every GPU (else every CPU device) of this machine; multi_worker:
+    # over the hosts TF_CONFIG names (train.strategy). Either way batch_size is the global batch.
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     # auto: mixed bfloat16 where the hardware computes it natively (train.precision_for), else
     # float32, as the seeds ran (params.yaml sets auto).
     precision: Literal["auto", "float32", "bfloat16"] = "float32"
@@ -182,9 +184,9 @@ class TrainParams(_Section):
 
     @model_validator(mode="after")
     def _layer_lists_agree(self):
-        if self.jit_compile is True and self.strategy == "mirrored":
-            raise ValueError("train.jit_compile: true cannot run under train.strategy: mirrored (XLA needs the variables "
-                             "on one device); use auto or false")
+        if self.jit_compile is True and self.strategy != "default":
+            raise ValueError(f"train.jit_compile: true cannot run under train.strategy: {self.strategy} (XLA needs the "
+                             "variables on one device); use auto or false")
         a = self.dcgan
         if len(a.g_filters) != len(a.g_strides) or len(a.d_filters) != len(a.d_strides):
             raise ValueError("dcgan: g_filters/g_strides and d_filters/d_strides must have equal lengths")

@@ -16,7 +16,7 @@ def one_step(p: params.TrainParams, joint: bool, real: np.ndarray):
 @pytest.mark.parametrize("arch,loss", [("mlp", "hinge"), ("dcgan", "bce"), ("mlp", "wgan-gp")])
 def test_joint_discriminator_pass_matches_two_passes(arch, loss):
     p = params.TrainParams(arch=arch, loss=loss, batch_size=8, ema=0.0, jit_compile=False)
-    real = np.random.default_rng(1).uniform(-1, 1, (8 * p.loss_params.n_critic, 28, 28, 1)).astype("float32")
+    real = np.random.default_rng(1).uniform(-1, 1, (8, p.loss_params.n_critic, 28, 28, 1)).astype("float32")
     joint, w_joint = one_step(p, True, real)
     apart, w_apart = one_step(p, False, real)
     assert joint.keys() == apart.keys()

@@ -144,9 +144,24 @@ def test_prdc_matches_the_definitions():
     recall = np.mean([any(d(r, fake[j]) < rf[j] for j in range(35)) for r in real])
     density = np.mean([sum(d(real[i], f) < rr[i] for i in range(40)) for f in fake]) / k
     coverage = np.mean([any(d(real[i], f) < rr[i] for f in fake) for i in range(40)])
-    got = metrics.prdc(real, fake, k)
-    assert got == pytest.approx({"precision": precision, "recall": recall,
-                                 "density": density, "coverage": coverage})
+    want = {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+    assert metrics.prdc(real, fake, k) == pytest.approx(want)
+    for block in (1, 7, 40, 1000):  # rows at a time: the same figures, whatever the block
+        assert metrics.prdc(real, fake, k, block=block) == pytest.approx(want), block
+
+
+def test_prdc_memory_grows_with_n_not_n_squared():
+    """26,000 points in blocks: the largest array is a block of rows, not 26,000^2
+    doubles (5.4 GB for one matrix)."""
+    import tracemalloc
+
+    real, fake = rng.normal(0, 1, (26_000, 16)), rng.normal(0, 1, (26_000, 16))
+    tracemalloc.start()
+    got = metrics.prdc(real, fake, 5, block=512)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 400e6, peak  # one 512 x 26,000 float64 block is 106 MB
+    assert 0.8 < got["precision"] <= 1 and 0.8 < got["recall"] <= 1  # one distribution: both high
 
 
 def test_copying_statistic_is_the_share_weighted_mean_of_per_cell_scipy_tests():

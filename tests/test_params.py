@@ -39,8 +39,10 @@ def test_defaults_fill_missing_section():
     ("train", {"losses": {"wgan": {"n_critic": 0}}}, "train.losses.wgan.n_critic"),
     ("train", {"dcgan": {"g_strides": [2, 2, 2, 1]}}, "expected 28x28"),
     ("train", {"steps": 0}, "train.steps"),
-    ("train", {"strategy": "horovod"}, "'default' or 'mirrored'"),
+    ("train", {"strategy": "horovod"}, "train.strategy: Input should be 'default', 'mirrored' or 'multi_worker'"),
     ("train", {"strategy": "mirrored", "jit_compile": True}, "train.jit_compile: true cannot run under train.strategy"),
+    ("train", {"strategy": "multi_worker", "jit_compile": True},
+     "train.jit_compile: true cannot run under train.strategy: multi_worker"),
     ("evaluate", {"num_samples": "many"}, "evaluate.num_samples"),
 ])
 def test_bad_values_name_the_key(section, raw, needle):
