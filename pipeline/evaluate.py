@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -80,43 +81,55 @@ def class_matched_rate(flags: np.ndarray, cls: np.ndarray, target_cls: np.ndarra
     return rate / max(len(target_cls), 1)
 
 
+class Rule(NamedTuple):
+    """One check of the verdict: `verdict` fails when `value` is `op` (< or >) the bound,
+    a threshold of `evaluate.*` (`bound` names it) or another metric (`bound` "m:<key>")."""
+    verdict: str
+    value: str  # a metric's key, or "a-b": metric a minus metric b
+    op: str
+    bound: str
+    note: str = ""
+
+
+# The verdict's rules, in the order their reasons are listed.
+RULES = (
+    Rule("mode_collapse", "modes_covered", "<", "m:modes_expected",
+         "a class needs >= {mode_min_share} of its real share"),
+    Rule("mode_collapse", "class_kl", ">", "kl_max"),
+    Rule("mode_collapse", "diversity_ratio", "<", "diversity_min"),
+    Rule("mode_collapse", "class_diversity_min", "<", "diversity_min", "one class's images look alike"),
+    Rule("mode_collapse", "duplicate_rate_gen-duplicate_rate_real", ">", "duplicate_excess_max",
+         "pairs of generated images within L1 {near_l1}, above the real rate"),
+    Rule("memorization", "copying_z", "<", "copying_z_min",
+         "generated images sit closer to the training set than held-out images do"),
+    Rule("memorization", "copy_rate_gen-copy_rate_real", ">", "copy_excess_max",
+         "images within L1 {copy_l1} of a training image, above the real rate"),
+    Rule("quality", "classifier_score_ratio", "<", "classifier_score_ratio_min",
+         "classifier score of generated over real images"),
+    Rule("quality", "fcd", ">", "fcd_max"),
+    Rule("quality", "precision", "<", "precision_min"),
+    Rule("quality", "recall", "<", "recall_min"),
+)
+
+
+def _rule_value(m: dict, key: str) -> float:
+    a, _, b = key.partition("-")
+    return m[a] - m[b] if b else m[a]
+
+
 def verdict(m: dict, p: params.EvaluateParams) -> dict:
-    """The three booleans and the reasons behind each failed check."""
-    collapse, copying, quality = [], [], []
-    if m["modes_covered"] < m["modes_expected"]:
-        collapse.append(f"modes_covered={m['modes_covered']} < modes_expected={m['modes_expected']} "
-                        f"(a class needs >= {p.mode_min_share} of its real share)")
-    if m["class_kl"] > p.kl_max:
-        collapse.append(f"class_kl={m['class_kl']:.3g} > kl_max={p.kl_max}")
-    if m["diversity_ratio"] < p.diversity_min:
-        collapse.append(f"diversity_ratio={m['diversity_ratio']:.3g} < diversity_min={p.diversity_min}")
-    if m["class_diversity_min"] < p.diversity_min:
-        collapse.append(f"class_diversity_min={m['class_diversity_min']:.3g} < diversity_min={p.diversity_min}"
-                        " (one class's images look alike)")
-    if m["duplicate_rate_gen"] - m["duplicate_rate_real"] > p.duplicate_excess_max:
-        collapse.append(f"duplicate_rate_gen={m['duplicate_rate_gen']:.3g} exceeds duplicate_rate_real="
-                        f"{m['duplicate_rate_real']:.3g} by more than duplicate_excess_max={p.duplicate_excess_max}"
-                        f" (pairs of generated images within L1 {p.near_l1})")
-    if m["copying_z"] < p.copying_z_min:
-        copying.append(f"copying_z={m['copying_z']:.3g} < copying_z_min={p.copying_z_min} "
-                       "(generated images sit closer to the training set than held-out images do)")
-    if m["copy_rate_gen"] - m["copy_rate_real"] > p.copy_excess_max:
-        copying.append(f"copy_rate_gen={m['copy_rate_gen']:.3g} exceeds copy_rate_real={m['copy_rate_real']:.3g}"
-                       f" by more than copy_excess_max={p.copy_excess_max} (images within L1 {p.copy_l1} of"
-                       " a training image)")
-    ratio = m["classifier_score_ratio"]
-    if ratio < p.classifier_score_ratio_min:
-        quality.append(f"classifier_score_gen/real={ratio:.3g} < classifier_score_ratio_min="
-                       f"{p.classifier_score_ratio_min}")
-    if m["fcd"] > p.fcd_max:
-        quality.append(f"fcd={m['fcd']:.3g} > fcd_max={p.fcd_max}")
-    if m["precision"] < p.precision_min:
-        quality.append(f"precision={m['precision']:.3g} < precision_min={p.precision_min}")
-    if m["recall"] < p.recall_min:
-        quality.append(f"recall={m['recall']:.3g} < recall_min={p.recall_min}")
-    reasons = ([f"mode_collapse: {r}" for r in collapse] + [f"memorization: {r}" for r in copying]
-               + [f"quality: {r}" for r in quality])
-    return {"mode_collapse": bool(collapse), "memorization": bool(copying),
+    """The three booleans and the reasons behind each failed check (RULES)."""
+    thresholds = p.model_dump()
+    failed: dict[str, list[str]] = {"mode_collapse": [], "memorization": [], "quality": []}
+    for rule in RULES:
+        value = _rule_value(m, rule.value)
+        bound = m[rule.bound[2:]] if rule.bound.startswith("m:") else thresholds[rule.bound]
+        if value < bound if rule.op == "<" else value > bound:
+            note = f" ({rule.note.format(**thresholds)})" if rule.note else ""
+            name = rule.bound.removeprefix("m:")
+            failed[rule.verdict].append(f"{rule.value}={value:.3g} {rule.op} {name}={bound}{note}")
+    reasons = [f"{kind}: {r}" for kind, found in failed.items() for r in found]
+    return {"mode_collapse": bool(failed["mode_collapse"]), "memorization": bool(failed["memorization"]),
             "quality_gate_passed": not reasons, "reasons": reasons}
 
 
