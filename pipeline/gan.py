@@ -20,7 +20,7 @@ from pipeline import losses
 class GAN(keras.Model):
     def __init__(self, generator: keras.Model, discriminator: keras.Model, z_dim: int, seed: int,
                  loss: str = "bce", n_critic: int = 1, clip: float | None = None, gp_weight: float = 0.0,
-                 ema: float = 0.0):
+                 r1_weight: float = 0.0, ema: float = 0.0):
         super().__init__()
         self.generator = generator
         # An exponential moving average of G's weights (Yazici et al. 2019): what the
@@ -38,6 +38,7 @@ class GAN(keras.Model):
         self.n_critic = n_critic
         self.clip = clip
         self.gp_weight = gp_weight
+        self.r1_weight = r1_weight
         # Without batch statistics in D, one pass over real and fake together is
         # the same function as two passes, and one matmul of 2n rows beats two of n.
         self.d_joint = not any(isinstance(layer, keras.layers.BatchNormalization) for layer in discriminator.layers)
@@ -106,6 +107,8 @@ class GAN(keras.Model):
                                         batch, 2 * i + 1)
                     penalty = losses.gradient_penalty(self.discriminator, x, fake, alpha)
                     d_loss += self.gp_weight * penalty
+                if self.r1_weight:
+                    d_loss += 0.5 * self.r1_weight * losses.r1_penalty(self.discriminator, x)
                 scaled = d_loss * scale
             d_grads = tape.gradient(scaled, d_vars)
             self.d_optimizer.apply_gradients(zip(d_grads, d_vars))

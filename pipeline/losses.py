@@ -1,4 +1,4 @@
-"""GAN losses on discriminator logits / critic scores, and the WGAN-GP penalty.
+"""GAN losses on discriminator logits / critic scores, the WGAN-GP penalty and R1.
 
 `bce` is the seeds' non-saturating GAN loss; `wgan` (Arjovsky et al.) and
 `wgan-gp` (Gulrajani et al.) are the cures seed 002 names for vanishing
@@ -45,3 +45,15 @@ def gradient_penalty(critic, real, fake, alpha):
     grads = tape.gradient(scores, x_hat)
     norms = tf.sqrt(tf.reduce_sum(tf.square(grads), axis=[1, 2, 3]) + 1e-12)
     return tf.reduce_mean(tf.square(norms - 1.0))
+
+
+def r1_penalty(discriminator, real):
+    """mean(||grad_x D(x)||_2^2) over real images x: the R1 penalty (Mescheder et al.
+    2018), which the caller weighs by gamma / 2. Zero-centred on the data, it keeps D
+    from growing steep where the real images are, with any loss."""
+    real = tf.convert_to_tensor(real)
+    with tf.GradientTape() as tape:
+        tape.watch(real)
+        scores = discriminator(real, training=True)
+    grads = tape.gradient(scores, real)
+    return tf.reduce_mean(tf.reduce_sum(tf.square(grads), axis=[1, 2, 3]))

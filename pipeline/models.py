@@ -23,10 +23,42 @@ from pipeline.params import DCGANArch, DCGANUpsampleArch, MLPArch, TrainParams
 IMAGE_SHAPE = (28, 28, 1)
 
 
-def mlp_generator(z_dim: int, a: MLPArch) -> keras.Model:
-    """Seed 004: Dense blocks (128-256-512-1024), each LeakyReLU + BatchNorm(0.8), then Dense(784, tanh)."""
+@keras.saving.register_keras_serializable(package="mnist_gan")
+class VirtualLabel(layers.Layer):
+    """z -> [z, scale * one_hot(argmax(z[:k]))]: a categorical code read off the
+    Gaussian z itself (uniform over k, as the argmax of k i.i.d. normals is), so
+    the generator gets k disconnected paths while its input stays z ~ N(0, I)
+    (Shi et al. 2019, "virtual conditional GAN"). A generator of one connected
+    latent space must draw images between its modes (digits between two
+    classes); the code lets it jump instead."""
+
+    def __init__(self, k: int, scale: float = 1.0, **kw):
+        super().__init__(**kw)
+        self.k, self.scale = k, scale
+
+    def call(self, z):
+        from keras import ops
+
+        code = ops.one_hot(ops.argmax(z[:, :self.k], axis=-1), self.k, dtype=z.dtype)
+        return ops.concatenate([z, code * self.scale], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] + self.k)
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k, "scale": self.scale}
+
+
+def latent(z_dim: int, virtual_labels: int = 0, virtual_scale: float = 4.0):
+    """The generator's input z and what its first layer reads: z, or z with its
+    virtual label (`train.virtual_labels`)."""
     z = keras.Input((z_dim,), name="z")
-    x = z
+    return z, (VirtualLabel(virtual_labels, virtual_scale)(z) if virtual_labels else z)
+
+
+def mlp_generator(z_dim: int, a: MLPArch, **virtual) -> keras.Model:
+    """Seed 004: Dense blocks (128-256-512-1024), each LeakyReLU + BatchNorm(0.8), then Dense(784, tanh)."""
+    z, x = latent(z_dim, **virtual)
     for units in a.g_units:
         x = layers.Dense(units)(x)
         x = layers.LeakyReLU(a.leaky_slope)(x)
@@ -36,19 +68,22 @@ def mlp_generator(z_dim: int, a: MLPArch) -> keras.Model:
 
 
 def mlp_discriminator(a: MLPArch) -> keras.Model:
-    """Seed 004: Flatten, Dense(784), LeakyReLU(0.2), Dense(392), LeakyReLU(0.2), Dense(1)."""
+    """Seed 004: Flatten, Dense(784), LeakyReLU(0.2), Dense(392), LeakyReLU(0.2), Dense(1);
+    optionally Dropout after each LeakyReLU."""
     img = keras.Input(IMAGE_SHAPE, name="image")
     x = layers.Flatten()(img)
     for units in a.d_units:
         x = layers.LeakyReLU(a.leaky_slope)(layers.Dense(units)(x))
+        if a.d_dropout:
+            x = layers.Dropout(a.d_dropout)(x)
     return keras.Model(img, layers.Dense(1, dtype="float32")(x), name="discriminator")
 
 
-def dcgan_generator(z_dim: int, a: DCGANArch) -> keras.Model:
+def dcgan_generator(z_dim: int, a: DCGANArch, **virtual) -> keras.Model:
     """Seed 001 (Atienza): Dense to 7x7x128, then BatchNorm-ReLU-Conv2DTranspose
     blocks (filters 128/64/32/1, kernel 5, strides 2/2/1/1); tanh for [-1, 1]."""
-    z = keras.Input((z_dim,), name="z")
-    x = layers.Dense(7 * 7 * a.g_filters[0])(z)
+    z, x = latent(z_dim, **virtual)
+    x = layers.Dense(7 * 7 * a.g_filters[0])(x)
     x = layers.Reshape((7, 7, a.g_filters[0]))(x)
     for filters, strides in zip(a.g_filters, a.g_strides):
         x = layers.BatchNormalization()(x)
@@ -73,13 +108,13 @@ def _activation(name: str):
     return layers.LeakyReLU(0.2) if name == "leaky_relu" else layers.Activation(name)
 
 
-def upsample_generator(z_dim: int, a: DCGANUpsampleArch) -> keras.Model:
+def upsample_generator(z_dim: int, a: DCGANUpsampleArch, **virtual) -> keras.Model:
     """Seeds 000/002 (Foster): Dense(7*7*64), BatchNorm, ReLU, Reshape(7,7,64), then per
     layer UpSampling2D (factor 2) + Conv2D, or one Conv2DTranspose with that stride
     (`upscale: transpose`, seed 002's comparison); BatchNorm + ReLU between, tanh last."""
     init = keras.initializers.RandomNormal(stddev=a.init_stddev)
-    z = keras.Input((z_dim,), name="z")
-    x = layers.Dense(a.g_dense_shape[0] * a.g_dense_shape[1] * a.g_dense_shape[2], kernel_initializer=init)(z)
+    z, x = latent(z_dim, **virtual)
+    x = layers.Dense(a.g_dense_shape[0] * a.g_dense_shape[1] * a.g_dense_shape[2], kernel_initializer=init)(x)
     x = layers.BatchNormalization(momentum=a.g_bn_momentum)(x)
     x = _activation(a.activation)(x)
     x = layers.Reshape(tuple(a.g_dense_shape))(x)
@@ -128,7 +163,8 @@ ARCHS = tuple(REGISTRY)
 
 
 def build_generator(p: TrainParams) -> keras.Model:
-    return REGISTRY[p.arch][0](p.z_dim, p.arch_params)
+    return REGISTRY[p.arch][0](p.z_dim, p.arch_params, virtual_labels=p.virtual_labels,
+                               virtual_scale=p.virtual_scale)
 
 
 def build_discriminator(p: TrainParams) -> keras.Model:

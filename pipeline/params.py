@@ -46,6 +46,7 @@ class MLPArch(_Section):
     g_units: list[Annotated[int, Field(ge=1)]] = [128, 256, 512, 1024]
     g_bn_momentum: float = Field(0.8, ge=0, lt=1)
     d_units: list[Annotated[int, Field(ge=1)]] = [784, 392]
+    d_dropout: float = Field(0.0, ge=0, lt=1)   # after each of D's hidden layers (0: none)
     leaky_slope: float = Field(0.2, ge=0, lt=1)
     optimizer: OptimizerParams = OptimizerParams(name="adam", d_lr=2e-4, g_lr=2e-4)
 
@@ -82,6 +83,7 @@ class LossParams(_Section):
     n_critic: int = Field(1, ge=1, le=20)      # D updates per G update
     clip: float | None = Field(None, gt=0)      # wgan weight clipping
     gp_weight: float = Field(0.0, ge=0)         # wgan-gp penalty weight (lambda)
+    r1_weight: float = Field(0.0, ge=0)         # R1 penalty gamma on real images, any loss (0: none)
     optimizer: OptimizerParams | None = None    # None: the architecture's optimizer
 
 
@@ -110,6 +112,10 @@ class TrainParams(_Section):
     oscillation_window: int = Field(200, ge=2)
     jit_compile: Literal["auto", True, False] = "auto"
     ema: float = Field(0.0, ge=0, lt=1)  # decay of the generator's weight average (0: none)
+    # Any generator: z gains a one-hot code of the argmax of its first k components, times
+    # virtual_scale (0: none, as the seeds; models.VirtualLabel).
+    virtual_labels: int = Field(0, ge=0, le=1024)
+    virtual_scale: float = Field(4.0, gt=0, le=100)
     # mirrored: data-parallel over every GPU (else every CPU device) of this machine; multi_worker:
     # over the hosts TF_CONFIG names (train.strategy). Either way batch_size is the global batch.
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
@@ -142,7 +148,7 @@ class TrainParams(_Section):
         """What the GAN's loss takes: clipping only for wgan, the penalty only for wgan-gp."""
         lp = self.loss_params
         return {"n_critic": lp.n_critic, "clip": lp.clip if self.loss == "wgan" else None,
-                "gp_weight": lp.gp_weight if self.loss == "wgan-gp" else 0.0}
+                "gp_weight": lp.gp_weight if self.loss == "wgan-gp" else 0.0, "r1_weight": lp.r1_weight}
 
     def use_jit(self, precision: str = "float32") -> bool:
         """XLA for the step in `precision` (`train.precision` resolved). Measured on 2-core
@@ -166,7 +172,7 @@ class TrainParams(_Section):
                 out[prefix] = obj
 
         for k in ("arch", "loss", "z_dim", "steps", "batch_size", "seed", "sample_every", "log_every",
-                  "checkpoint_every", "oscillation_window", "ema"):
+                  "checkpoint_every", "oscillation_window", "ema", "virtual_labels", "virtual_scale"):
             out[f"train.{k}"] = getattr(self, k)
         precision = precision or self.precision
         out["train.jit_compile"] = self.use_jit(precision)
@@ -187,6 +193,9 @@ class TrainParams(_Section):
         if self.jit_compile is True and self.strategy != "default":
             raise ValueError(f"train.jit_compile: true cannot run under train.strategy: {self.strategy} (XLA needs the "
                              "variables on one device); use auto or false")
+        if self.virtual_labels > self.z_dim:
+            raise ValueError(f"train.virtual_labels={self.virtual_labels} must be at most train.z_dim={self.z_dim} "
+                             "(the code is read off z's first components)")
         a = self.dcgan
         if len(a.g_filters) != len(a.g_strides) or len(a.d_filters) != len(a.d_strides):
             raise ValueError("dcgan: g_filters/g_strides and d_filters/d_strides must have equal lengths")

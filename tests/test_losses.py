@@ -40,6 +40,17 @@ def test_gradient_penalty_zero_for_unit_slope_linear_critic():
     assert float(losses.gradient_penalty(Linear(), x, -x, np.full((2, 1, 1, 1), 0.3, np.float32))) < 1e-6
 
 
+def test_r1_penalty_hand_computed():
+    """R1 = mean over real images of ||grad_x D(x)||^2: for sum(c x^2) that is sum((2 c x)^2),
+    at the real images only (no interpolation, no target norm)."""
+    rng = np.random.default_rng(1)
+    real = rng.standard_normal((3, 4, 4, 1)).astype(np.float32)
+    c = rng.uniform(0.5, 2.0, (4, 4, 1)).astype(np.float32)
+    expected = np.mean(((2 * c * real) ** 2).sum(axis=(1, 2, 3)))
+    assert float(losses.r1_penalty(Quadratic(c), real)) == pytest.approx(expected, rel=1e-5)
+    assert float(losses.r1_penalty(Quadratic(c), np.zeros_like(real))) == 0.0  # flat at the data: no penalty
+
+
 def test_loss_values():
     real = tf.constant([[2.0], [0.5]])
     fake = tf.constant([[-1.0], [0.0]])

@@ -71,3 +71,44 @@ def test_a_generator_of_one_arch_with_the_discriminator_of_another():
     p = TrainParams(arch="dcgan_upsample", d_arch="mlp")
     flat = p.flat()
     assert flat["train.d_arch"] == "mlp" and "train.mlp.d_units" in flat and "train.dcgan_upsample.g_filters" in flat
+
+
+def test_virtual_label_is_a_uniform_code_read_off_z():
+    """The code is one_hot(argmax(z[:k])) * scale appended to z: uniform over k for
+    z ~ N(0, I), a deterministic function of z (the input stays z alone)."""
+    k, scale = 30, 4.0
+    layer = models.VirtualLabel(k, scale)
+    z = np.random.default_rng(0).standard_normal((60_000, 100)).astype("float32")
+    out = np.asarray(layer(z))
+    assert out.shape == (60_000, 130)
+    np.testing.assert_array_equal(out[:, :100], z)
+    expected = np.zeros((60_000, k), np.float32)
+    expected[np.arange(60_000), z[:, :k].argmax(1)] = scale
+    np.testing.assert_array_equal(out[:, 100:], expected)
+    counts = np.bincount(z[:, :k].argmax(1), minlength=k)
+    chi2 = ((counts - 2000) ** 2 / 2000).sum()
+    assert chi2 < 70, chi2  # 29 degrees of freedom: p < 1e-4 beyond 70
+
+
+@pytest.mark.parametrize("arch", models.ARCHS)
+def test_generators_with_virtual_labels_save_and_load(arch, tmp_path):
+    p = TrainParams(arch=arch, z_dim=16, virtual_labels=10)
+    g = models.build_generator(p)
+    assert any(isinstance(layer, models.VirtualLabel) for layer in g.layers) and g.input_shape == (None, 16)
+    z = np.random.default_rng(1).standard_normal((4, 16)).astype("float32")
+    g.save(tmp_path / "g.keras")
+    back = models.load_generator(tmp_path / "g.keras")
+    np.testing.assert_array_equal(back(z).numpy(), g(z).numpy())
+    # The code changes the image: the same z with another argmax draws something else.
+    other = z.copy()
+    other[:, [0, 1]] = other[:, [1, 0]] + np.array([[5.0, -5.0]], np.float32)
+    assert not np.allclose(g(other).numpy(), g(z).numpy())
+    assert not any(isinstance(layer, models.VirtualLabel) for layer in
+                   models.build_generator(TrainParams(arch=arch, z_dim=16)).layers)
+
+
+def test_virtual_labels_cannot_exceed_z_dim():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="train.virtual_labels=20 must be at most train.z_dim=16"):
+        TrainParams(z_dim=16, virtual_labels=20)
