@@ -27,6 +27,7 @@ def pipeline_run(tmp_path_factory):
                prepare={"limit": 300},
                # auto: bfloat16 end to end where the CPU computes it, as the exported model must still serve float32.
                train={"steps": STEPS, "batch_size": 32, "sample_every": 3, "log_every": 4, "z_dim": 24,
+                      "virtual_labels": 8,
                       "checkpoint_every": 3, "jit_compile": False, "precision": "auto"},
                judge={"epochs": 1, "width": 4, "feature_dim": 16},
                evaluate={"num_samples": 64})

@@ -51,6 +51,7 @@ def team_run(stack):
     project = copy_project(tmp / "project")
     set_params(project, prepare={"limit": 200, "digits": [1]},
                train={"steps": STEPS, "batch_size": 32, "sample_every": 2, "log_every": 2, "z_dim": 16,
+                      "virtual_labels": 8,
                       "checkpoint_every": 2, "jit_compile": False},
                judge={"epochs": 1, "width": 4, "feature_dim": 16},
                evaluate={"num_samples": 64, **PASSING})
