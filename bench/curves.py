@@ -1,0 +1,143 @@
+"""Quality against training time: each candidate recipe trained once, scored by
+the evaluate stage's own metrics at several points on the way.
+
+    python bench/curves.py                                   # params.yaml's default
+    python bench/curves.py --recipe recipes/conv.yaml --recipe recipes/dcgan.yaml --every 1000
+    python bench/curves.py --set train.steps=3000 --every 500 --seed 1
+
+Each candidate (params.yaml, then a recipe's overrides, then `--set`'s) trains
+in a process of its own with the train stage's model, step and data order.
+Every `--every` steps, and at the end, the generator as the stage would save
+it at that step (the weight average with standing statistics) draws
+`evaluate.num_samples` images that `pipeline.evaluate.score` scores against
+the held-out images with the judge; the first 64 go to
+`<work>/<candidate>/samples_<step>.png`, and the last generator to
+`<work>/<candidate>/generator.keras`. Training time excludes the scoring. The
+rows are one Markdown table: `fcd`, classifier-score ratio, precision, recall
+and modes against training seconds, for the README's recipe table, so that
+candidates compare at equal wall time on the same machine.
+
+The judge and the data are `--judge`/`--data` (default: prepared and trained
+here, once, in the work folder).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.seeds import cpu_model, stage, with_overrides  # noqa: E402
+from ops.recipe import overrides as recipe_overrides  # noqa: E402
+
+COLUMNS = ("step", "train_s", "fcd", "classifier_score_ratio", "precision", "recall", "modes_covered",
+           "quality_gate_passed")
+
+
+def curve(params_path: Path, data: Path, judge_path: Path, every: int, out: Path) -> None:
+    """Train one candidate, scoring it every `every` steps; a JSON line per point to `out`."""
+    import keras
+
+    from pipeline import classifier, data as data_mod, evaluate, images, params, train
+    from pipeline.gan import float32_copy, standing_statistics
+
+    p = params.load("train", params_path)
+    ep = params.load("evaluate", params_path)
+    ds = data_mod.load_prepared(data)
+    judge = classifier.load(judge_path)
+    real, labels = evaluate.real_subset(ds.x_test, ep.num_samples, ep.seed, ds.y_test)
+    gan = train.build(p)
+    clock = {"scoring": 0.0, "start": time.perf_counter()}
+
+    def score(step: int) -> None:
+        t0 = time.perf_counter()
+        sampler = standing_statistics(float32_copy(gan.sampler), p.seed)
+        gen = evaluate.sample(sampler, ep.num_samples, ep.seed)
+        m = evaluate.score(gen, real, labels, ds.x_train, judge, ep)[0]
+        images.save_png(images.grid(gen[:64], cols=8), out.parent / f"samples_{step:06d}.png", scale=2)
+        if step == p.steps:
+            sampler.save(out.parent / "generator.keras")
+        trained = t0 - clock["start"] - clock["scoring"]
+        row = {"step": step, "train_s": round(trained, 1), **{k: m[k] for k in COLUMNS[2:]}}
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print("  " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()), flush=True)
+        clock["scoring"] += time.perf_counter() - t0
+
+    class Scorer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            step = int(self.model.g_optimizer.iterations.numpy())
+            if step % every == 0 and step < p.steps:
+                score(step)
+
+    train.fit(gan, p, ds.x_train, None, verbose=0, extra_callbacks=[Scorer()])
+    score(p.steps)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--recipe", type=Path, action="append", default=[],
+                    help="a candidate: recipes/<name>.yaml (repeat; none: params.yaml's default)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every candidate")
+    ap.add_argument("--every", type=int, default=1000, help="score every N steps (and at the end)")
+    ap.add_argument("--seed", type=int, help="train.seed for every candidate")
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--judge", type=Path)
+    ap.add_argument("--work", type=Path)
+    ap.add_argument("--one", nargs=3, metavar=("PARAMS", "OUT", "_"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="curves-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": str(ROOT)}
+    if args.one:
+        curve(Path(args.one[0]), args.data, args.judge, args.every, Path(args.one[1]))
+        return
+
+    base = yaml.safe_load(args.params.read_text())
+    data, judge = args.data or work / "mnist.npz", args.judge or work / "judge.keras"
+    (work / "params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    if not data.exists():
+        stage("prepare", "--params", str(work / "params.yaml"), "--out", str(data), "--report",
+              str(work / "data.json"), env=env)
+    if not judge.exists():
+        stage("judge", "--params", str(work / "params.yaml"), "--data", str(data), "--model", str(judge),
+              "--report", str(work / "judge.json"), env=env)
+
+    candidates = [(r.stem, recipe_overrides(r)) for r in args.recipe] or [("default", [])]
+    extra = args.set + ([f"train.seed={args.seed}"] if args.seed is not None else [])
+    table = []
+    for name, sets in candidates:
+        d = work / name
+        d.mkdir(exist_ok=True)
+        doc = with_overrides(yaml.safe_load(args.params.read_text()), sets + extra)
+        (d / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        out = d / "curve.jsonl"
+        out.unlink(missing_ok=True)
+        print(f"{name}: {' '.join(sets + extra) or 'params.yaml'}", flush=True)
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", str(d / "params.yaml"),
+                               str(out), "_", "--every", str(args.every), "--data", str(data), "--judge", str(judge),
+                               "--work", str(d)], env=env)
+        if proc.returncode:
+            raise SystemExit(f"{name}: exited {proc.returncode}")
+        table += [{"candidate": name, **json.loads(line)} for line in out.read_text().splitlines()]
+
+    print(f"\n{cpu_model()}; for every candidate: {' '.join(extra) or 'nothing'}; work: {work}\n")
+    print("| candidate | " + " | ".join(COLUMNS) + " |")
+    print("|---" * (len(COLUMNS) + 1) + "|")
+    for r in table:
+        print(f"| {r['candidate']} | " + " | ".join(f"{r[k]:.4g}" for k in COLUMNS) + " |")
+
+
+if __name__ == "__main__":
+    main()
