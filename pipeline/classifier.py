@@ -56,7 +56,20 @@ def load(path: str | Path):
 
 
 def embed(judge, pixels: np.ndarray, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Judge features (n, feature_dim) and class probabilities (n, 10), float64."""
+    """Judge features (n, feature_dim) and class probabilities (n, 10), float64.
+
+    Images of c channels (n, 28, 28, c), Stacked MNIST's, are read a digit per channel, as
+    VEEGAN and PacGAN score them: the features are the channels' side by side (n, c *
+    feature_dim), the probabilities those of the 10^c codes (the digits read as a number,
+    the first channel first), the channels' outer product, so the most likely code is the
+    channels' most likely digits."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 4:
+        parts = [embed(judge, pixels[..., c], batch) for c in range(pixels.shape[-1])]
+        probs = parts[0][1]
+        for _, p in parts[1:]:
+            probs = (probs[:, :, None] * p[:, None, :]).reshape(len(p), -1)
+        return np.concatenate([f for f, _ in parts], axis=1), probs
     feats, probs = [], []
     for i in range(0, len(pixels), batch):
         f, p = judge.predict_on_batch(to_input(pixels[i:i + batch]))

@@ -37,8 +37,8 @@ IDX_FILES = {
 
 
 class Mnist(NamedTuple):
-    x_train: np.ndarray  # uint8 (n, 28, 28)
-    y_train: np.ndarray  # int64 (n,)
+    x_train: np.ndarray  # uint8 (n, 28, 28); Stacked MNIST: (n, 28, 28, 3)
+    y_train: np.ndarray  # int64 (n,): the digit; Stacked MNIST: the code 100 r + 10 g + b
     x_test: np.ndarray
     y_test: np.ndarray
 
@@ -289,3 +289,43 @@ def save_npz(ds: Mnist, target: str | Path) -> None:
 def load_prepared(path: str | Path) -> Mnist:
     with np.load(path, allow_pickle=False) as f:
         return Mnist(*(f[k] for k in Mnist._fields))
+
+
+# --- Stacked MNIST -----------------------------------------------------------
+
+STACKED_CHANNELS = 3
+
+
+def stack(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n images of three digits drawn uniformly with replacement from (x, y), as the R, G
+    and B channels of one (28, 28, 3) image (VEEGAN's and PacGAN's Stacked MNIST), and
+    their codes 100 * r + 10 * g + b: 1,000 modes where x holds all ten digits."""
+    if len(x) == 0:
+        raise StageError("prepare.dataset=stacked: no digits to stack")
+    rows = np.random.default_rng(seed).integers(0, len(x), size=(n, STACKED_CHANNELS))
+    images = np.stack([x[rows[:, c]] for c in range(STACKED_CHANNELS)], axis=-1)
+    codes = (y[rows] * np.array([100, 10, 1])).sum(axis=1)
+    return images, codes.astype(np.int64)
+
+
+def digits_of(codes: np.ndarray) -> np.ndarray:
+    """Stacked codes (n,) to their channels' digits (n, 3)."""
+    codes = np.asarray(codes)
+    return np.stack([codes // 100, codes // 10 % 10, codes % 10], axis=-1)
+
+
+def training_set(ds: Mnist, p) -> Mnist:
+    """What train and evaluate use for `prepare.dataset` (p: params.PrepareParams): the
+    prepared digits, or Stacked MNIST drawn from them, training images from the training
+    digits and held-out ones from the test digits, each with its own stream of
+    `prepare.stacked_seed`."""
+    if p.dataset == "mnist":
+        return ds
+    x_train, y_train = stack(ds.x_train, ds.y_train, p.stacked_train, p.stacked_seed)
+    x_test, y_test = stack(ds.x_test, ds.y_test, p.stacked_test, p.stacked_seed + 1)
+    return Mnist(x_train, y_train, x_test, y_test)
+
+
+def classes_of(ds: Mnist) -> int:
+    """How many classes (modes) the set's labels range over: 10 digits, or 1,000 codes."""
+    return 10 ** (ds.x_train.shape[-1] if ds.x_train.ndim == 4 else 1)

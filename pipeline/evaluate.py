@@ -3,7 +3,7 @@ and give a verdict.
 
     python -m pipeline.evaluate --generator PATH --out DIR
 
-scores any saved Keras generator (n, z_dim) -> (n, 28, 28, 1) in [-1, 1]; the
+scores any saved Keras generator (n, z_dim) -> (n, 28, 28, c) in [-1, 1]; the
 other inputs default as in dvc.yaml (`--params params.yaml --data
 data/prepared/mnist.npz --judge models/judge.keras`). Without `--run-file`
 nothing goes to MLflow. The pipeline passes the train stage's record
@@ -15,6 +15,11 @@ under), `per_class.json`, `class_hist.csv` and the PNG figures.
 
 Every figure on generated images has the same figure on real held-out test
 images beside it; the verdict thresholds are `evaluate.*` in params.yaml.
+
+With `prepare.dataset: stacked` (three digits as one image's channels) the classes
+are the 1,000 codes, and `modes_covered` and `class_kl` are VEEGAN's and PacGAN's:
+the codes with at least one generated image, and KL(generated || uniform over the
+codes); every other metric and rule is the same code on the codes and RGB pixels.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ MIN_CLASS_IMAGES = 10
 
 
 def sample(generator, n: int, seed: int, batch: int = 500) -> np.ndarray:
-    """n images from N(0, I) latents as 8-bit pixels (n, 28, 28)."""
+    """n images from N(0, I) latents as 8-bit pixels (n, 28, 28[, c])."""
     z_dim = generator.input_shape[-1]
     z = np.random.default_rng(seed).standard_normal((n, z_dim)).astype(np.float32)
     out = [images.to_uint8(generator.predict_on_batch(z[i:i + batch])) for i in range(0, n, batch)]
@@ -57,10 +62,10 @@ def real_subset(x: np.ndarray, n: int, seed: int, y: np.ndarray | None = None):
     return x[keep] if y is None else (x[keep], y[keep])
 
 
-def per_class_diversity(gen, gen_cls, real, real_cls) -> dict[int, dict]:
+def per_class_diversity(gen, gen_cls, real, real_cls, classes: int = 10) -> dict[int, dict]:
     """Mean pairwise L1 inside each class on both sides; classes too small on either side are left out."""
     out = {}
-    for c in range(10):
+    for c in range(classes):
         g, r = gen[gen_cls == c], real[real_cls == c]
         if len(g) >= MIN_CLASS_IMAGES and len(r) >= MIN_CLASS_IMAGES:
             pg, pr = metrics.mean_pairwise_l1(g), metrics.mean_pairwise_l1(r)
@@ -133,6 +138,15 @@ def verdict(m: dict, p: params.EvaluateParams) -> dict:
             "quality_gate_passed": not reasons, "reasons": reasons}
 
 
+def present_classes(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Which classes the data holds (prepare.digits): the digits among the labels, or the
+    stacked codes all of whose digits are among them."""
+    if classes == 10:
+        return np.bincount(labels, minlength=10) > 0
+    digits = np.unique(data.digits_of(labels))
+    return np.isin(data.digits_of(np.arange(classes)), digits).all(axis=1)
+
+
 def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.ndarray, judge,
           p: params.EvaluateParams) -> tuple[dict, dict, dict]:
     """All metrics of 8-bit generated images against real held-out ones.
@@ -152,17 +166,23 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
     m["copying_z_global"] = metrics.mann_whitney_z(gen_nn, real_nn)[1]
     m["copy_rate_gen"] = float(np.mean(gen_nn < p.copy_l1))
     m["copy_rate_real"] = class_matched_rate(real_nn < p.copy_l1, real_cls, gen_cls)
+    classes = p_gen.shape[1]
     gen_hist = metrics.class_histogram(p_gen)
-    # Both histograms through the judge, so its mistakes cancel instead of counting as KL;
-    # the classes that exist come from the labels (prepare.digits).
     real_hist = metrics.class_histogram(p_real)
-    present = np.bincount(real_labels, minlength=10) > 0
-    covered, expected = metrics.modes_covered(gen_hist * present, real_hist * present, p.mode_min_share)
-    per_class = per_class_diversity(gen, gen_cls, real, real_cls)
+    # The classes that exist come from the labels (prepare.digits).
+    present = present_classes(real_labels, classes)
+    if classes == 10:
+        # Both histograms through the judge, so its mistakes cancel instead of counting as KL.
+        reference, min_share = real_hist, p.mode_min_share
+    else:
+        # The papers' Stacked MNIST protocol: against uniform, a mode is any code drawn once.
+        reference, min_share = present / present.sum(), 0.0
+    covered, expected = metrics.modes_covered(gen_hist * present, reference * present, min_share)
+    per_class = per_class_diversity(gen, gen_cls, real, real_cls, classes)
     m.update({
         "modes_covered": covered,
         "modes_expected": expected,
-        "class_kl": metrics.kl_divergence(gen_hist, real_hist),
+        "class_kl": metrics.kl_divergence(gen_hist, reference),
         "class_entropy_gen": metrics.entropy(gen_hist),
         "class_entropy_real": metrics.entropy(real_hist),
         "judge_confidence_gen": float(p_gen.max(1).mean()),
@@ -186,7 +206,11 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
 
 
 def evaluate(generator, judge, ds: data.Mnist, p: params.EvaluateParams):
-    """Sample the generator and score it; returns (metrics, verdict, details, generated pixels)."""
+    """Sample the generator and score it against `ds` (data.training_set); returns
+    (metrics, verdict, details, generated pixels)."""
+    if generator.output_shape[-1] != (ds.x_train.shape[-1] if ds.x_train.ndim == 4 else 1):
+        raise StageError(f"evaluate: the generator draws {generator.output_shape[1:]} images, the data "
+                         f"(prepare.dataset) holds {ds.x_train.shape[1:]}")
     gen = sample(generator, p.num_samples, p.seed)
     real, labels = real_subset(ds.x_test, p.num_samples, p.seed, ds.y_test)
     m, v, details = score(gen, real, labels, ds.x_train, judge, p)
@@ -199,7 +223,7 @@ def write_figures(out: Path, gen: np.ndarray, train: np.ndarray, details: dict) 
     w = csv.writer(buf, lineterminator="\n")
     # Long format, one bar per (digit, side): DVC's bar templates take one value field.
     w.writerow(["digit", "share"])
-    for c in range(10):
+    for c in range(len(details["gen_hist"])):
         w.writerow([f"{c} generated", f"{details['gen_hist'][c]:.4f}"])
         w.writerow([f"{c} real", f"{details['real_hist'][c]:.4f}"])
     atomic.write_text(out / "class_hist.csv", buf.getvalue())
@@ -212,9 +236,12 @@ def write_figures(out: Path, gen: np.ndarray, train: np.ndarray, details: dict) 
     rows = [gen[closest], train[details["gen_arg"][closest]], gen[rand], train[details["gen_arg"][rand]]]
     images.save_png(images.grid(np.concatenate(rows), cols=n), out / "nearest_train.png", scale=2)
 
-    for c in range(10):
+    # A grid per digit; of the 1,000 stacked codes, the ten the generator draws most.
+    hist = details["gen_hist"]
+    shown = range(10) if len(hist) == 10 else np.argsort(-hist, kind="stable")[:10]
+    for c in shown:
         members = gen[details["gen_cls"] == c][:64]
-        pixels = members if len(members) else np.zeros((1, 28, 28), np.uint8)
+        pixels = members if len(members) else np.zeros((1, *gen.shape[1:]), np.uint8)
         images.save_png(images.grid(pixels, cols=8), out / "per_class" / f"class_{c}.png", scale=2)
 
 
@@ -264,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         run_params = result_params(args.params, training)
     generator = load_generator(args.generator)
     judge = classifier.load(args.judge)
-    ds = data.load_prepared(args.data)
+    ds = data.training_set(data.load_prepared(args.data), params.load("prepare", args.params))
 
     m, v, details, gen = evaluate(generator, judge, ds, p)
     write_figures(out, gen, ds.x_train, details)

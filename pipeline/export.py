@@ -39,7 +39,7 @@ def model_card(generator, run: dict, metrics: dict, data_report: dict, train_par
         "z_dim": int(generator.input_shape[-1]),
         "input": {"name": "z", "dtype": "float32", "shape": [None, int(generator.input_shape[-1])],
                   "distribution": "standard normal"},
-        "output": {"dtype": "float32", "shape": [None, 28, 28, 1], "range": [-1.0, 1.0]},
+        "output": {"dtype": "float32", "shape": [None, *map(int, generator.output_shape[1:])], "range": [-1.0, 1.0]},
         "arch": train_params.get("train.arch"),
         "loss": train_params.get("train.loss"),
         # What the training computed in; the exported generator computes in float32 either way.
@@ -70,6 +70,10 @@ def decide(challenger: dict, champion: dict | None) -> dict:
     """Whether `challenger` (its version, gate, protocol and RANKING metrics) takes
     the alias from `champion` (the same keys, or None): a pure function."""
     before = champion["version"] if champion else None
+    if challenger.get("channels", 1) != 1:
+        return {"promote": False, "champion_before": before,
+                "reason": f"draws {challenger['channels']}-channel images (prepare.dataset: stacked); the "
+                          "service draws digits, so this version is registered but never the champion"}
     if not challenger["quality_gate_passed"]:
         return {"promote": False, "champion_before": before,
                 "reason": "did not pass the quality gate: " + "; ".join(challenger.get("reasons") or [])}
@@ -150,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         card["registered_model"] = {"name": tracking.REGISTERED_MODEL, "version": version}
         challenger = {"version": version, "quality_gate_passed": verdict.get("quality_gate_passed") is True,
                       "reasons": verdict.get("reasons"), "eval_protocol": protocol["id"],
+                      "channels": int(generator.output_shape[-1]),
                       **{k: metrics[k] for k, _ in RANKING}}
         with tracking.registry_lock():
             current = tracking.champion()

@@ -97,7 +97,8 @@ class GAN(keras.Model):
                 fake = self.generator(self._z(batch, 2 * i), training=True)
                 if self.d_joint:
                     both = self.discriminator(tf.concat([x, fake], 0), training=True)
-                    real_out, fake_out = both[:batch], both[batch:]
+                    half = tf.shape(both)[0] // 2  # batch, or batch / train.pack packs
+                    real_out, fake_out = both[:half], both[half:]
                 else:
                     real_out = self.discriminator(x, training=True)
                     fake_out = self.discriminator(fake, training=True)

@@ -15,21 +15,23 @@ def to_unit(images: np.ndarray) -> np.ndarray:
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Generator output in [-1, 1], (n, 28, 28[, 1]), to 8-bit pixels (n, 28, 28), as a PNG stores them."""
+    """Generator output in [-1, 1], (n, 28, 28[, c]), to 8-bit pixels as a PNG stores them:
+    (n, 28, 28) for one channel, (n, 28, 28, c) for more."""
     x = np.rint(to_unit(images) * 255.0).astype(np.uint8)
-    return x.reshape(x.shape[0], x.shape[1], x.shape[2])
+    return x[..., 0] if x.ndim == 4 and x.shape[-1] == 1 else x
 
 
 def from_uint8(pixels: np.ndarray) -> np.ndarray:
-    """8-bit pixels (n, 28, 28) to the generator's range [-1, 1], (n, 28, 28, 1)."""
-    return (pixels.astype(np.float32) / 127.5 - 1.0)[..., None]
+    """8-bit pixels (n, 28, 28[, c]) to the generator's range [-1, 1], (n, 28, 28, c)."""
+    x = pixels.astype(np.float32) / 127.5 - 1.0
+    return x[..., None] if x.ndim == 3 else x
 
 
 def grid(pixels: np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
-    """Tile uint8 images (n, h, w) into one image with `cols` columns."""
-    n, h, w = pixels.shape
+    """Tile uint8 images (n, h, w[, c]) into one image with `cols` columns."""
+    n, h, w = pixels.shape[:3]
     rows = -(-n // cols)
-    out = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad), np.uint8)
+    out = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, *pixels.shape[3:]), np.uint8)
     for i, img in enumerate(pixels):
         r, c = divmod(i, cols)
         out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
@@ -37,7 +39,7 @@ def grid(pixels: np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
 
 
 def save_png(pixels: np.ndarray, target: str | Path, scale: int = 1) -> None:
-    img = Image.fromarray(pixels, mode="L")
+    img = Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     with atomic_path(target) as tmp:

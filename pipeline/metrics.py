@@ -248,7 +248,7 @@ def copying_statistic(gen_d, gen_cell, real_d, real_cell, min_count: int = 10) -
 # --- class (mode) metrics from the judge's softmax ---------------------------
 
 def class_histogram(probs: np.ndarray) -> np.ndarray:
-    """Share of images per predicted class, (10,)."""
+    """Share of images per predicted class, (classes,)."""
     pred = np.asarray(probs).argmax(axis=1)
     return np.bincount(pred, minlength=probs.shape[1]) / max(len(pred), 1)
 
@@ -277,9 +277,10 @@ def classifier_score(probs: np.ndarray, eps: float = 1e-12) -> float:
 
 def modes_covered(gen_hist: np.ndarray, real_hist: np.ndarray, min_share: float) -> tuple[int, int]:
     """(covered, present): classes real data holds, and those of them the generator
-    fills to at least `min_share` of the real share."""
+    fills to at least `min_share` of the real share, and at least once (min_share 0:
+    VEEGAN's and PacGAN's count of modes drawn)."""
     present = real_hist > 0
-    covered = present & (gen_hist >= min_share * real_hist)
+    covered = present & (gen_hist > 0) & (gen_hist >= min_share * real_hist)
     return int(covered.sum()), int(present.sum())
 
 

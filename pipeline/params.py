@@ -25,6 +25,14 @@ class PrepareParams(_Section):
     path: str = ""
     digits: list[Digit] = []
     limit: int = Field(0, ge=0)
+    # What the GAN trains on and is scored against: the digits, or Stacked MNIST (three
+    # digits as the R, G, B channels of one image: 1,000 modes). The stacked set is drawn
+    # from the prepared digits when train and evaluate load them (data.training_set), so
+    # the judge, trained on the digits, is the same for both.
+    dataset: Literal["mnist", "stacked"] = "mnist"
+    stacked_train: int = Field(128_000, ge=1, le=10_000_000)  # stacked training images (VEEGAN/PacGAN: 128,000)
+    stacked_test: int = Field(26_000, ge=2, le=10_000_000)    # stacked held-out images, from the test digits
+    stacked_seed: int = Field(0, ge=0, lt=2**32)
 
     @model_validator(mode="after")
     def _path_for_local_sources(self):
@@ -97,10 +105,27 @@ class LossesParams(_Section):
     hinge: LossParams = LossParams()
 
 
+class DCGANPaperArch(_Section):
+    """The DCGAN of VEEGAN's and PacGAN's Stacked MNIST runs (Radford et al.'s layout at
+    28x28): Dense to 2x2 x 8*gf, Conv2DTranspose blocks (4*gf, 2*gf, gf, channels; kernel
+    5, stride 2; 4x4 cropped to TensorFlow's 7x7 where 8x8 would overshoot) with BatchNorm
+    and ReLU, tanh; D: Conv2D blocks (df, 2*df, 4*df, 8*df; kernel 5, stride 2), BatchNorm
+    after the first, LeakyReLU 0.2, Dense(1). Adam 2e-4, beta_1 0.5."""
+    gf: int = Field(64, ge=1, le=1024)
+    df: int = Field(64, ge=1, le=1024)
+    kernel_size: int = Field(5, ge=1, le=9)
+    bn_momentum: float = Field(0.9, ge=0, lt=1)
+    leaky_slope: float = Field(0.2, ge=0, lt=1)
+    optimizer: OptimizerParams = OptimizerParams(name="adam", d_lr=2e-4, g_lr=2e-4, beta_1=0.5)
+
+
+Arch = Literal["mlp", "dcgan", "dcgan_upsample", "dcgan_paper"]
+
+
 class TrainParams(_Section):
-    arch: Literal["mlp", "dcgan", "dcgan_upsample"] = "mlp"
+    arch: Arch = "mlp"
     # The discriminator's arch when it is not the generator's (its numbers from train.<d_arch>).
-    d_arch: Literal["mlp", "dcgan", "dcgan_upsample"] | None = None
+    d_arch: Arch | None = None
     loss: Literal["bce", "wgan", "wgan-gp", "hinge"] = "bce"
     z_dim: int = Field(100, ge=1, le=1024)
     steps: int = Field(6000, ge=1)
@@ -122,9 +147,13 @@ class TrainParams(_Section):
     # auto: mixed bfloat16 where the hardware computes it natively (train.precision_for), else
     # float32, as the seeds ran (params.yaml sets auto).
     precision: Literal["auto", "float32", "bfloat16"] = "float32"
+    # PacGAN's packing (Lin et al. 2018): D judges m images at once, concatenated along
+    # the channels, real with real and generated with generated (1: none); any loss.
+    pack: int = Field(1, ge=1, le=16)
     mlp: MLPArch = MLPArch()
     dcgan: DCGANArch = DCGANArch()
     dcgan_upsample: DCGANUpsampleArch = DCGANUpsampleArch()
+    dcgan_paper: DCGANPaperArch = DCGANPaperArch()
     losses: LossesParams = LossesParams()
 
     @property
@@ -172,7 +201,7 @@ class TrainParams(_Section):
                 out[prefix] = obj
 
         for k in ("arch", "loss", "z_dim", "steps", "batch_size", "seed", "sample_every", "log_every",
-                  "checkpoint_every", "oscillation_window", "ema", "virtual_labels", "virtual_scale"):
+                  "checkpoint_every", "oscillation_window", "ema", "virtual_labels", "virtual_scale", "pack"):
             out[f"train.{k}"] = getattr(self, k)
         precision = precision or self.precision
         out["train.jit_compile"] = self.use_jit(precision)
@@ -196,6 +225,9 @@ class TrainParams(_Section):
         if self.virtual_labels > self.z_dim:
             raise ValueError(f"train.virtual_labels={self.virtual_labels} must be at most train.z_dim={self.z_dim} "
                              "(the code is read off z's first components)")
+        if self.batch_size % self.pack:
+            raise ValueError(f"train.batch_size={self.batch_size} must be a multiple of train.pack={self.pack} "
+                             "(D judges the batch in packs of that many images)")
         a = self.dcgan
         if len(a.g_filters) != len(a.g_strides) or len(a.d_filters) != len(a.d_strides):
             raise ValueError("dcgan: g_filters/g_strides and d_filters/d_strides must have equal lengths")
@@ -204,7 +236,8 @@ class TrainParams(_Section):
             raise ValueError("dcgan_upsample: g_filters/g_upsample and d_filters/d_strides must have equal lengths")
         for name, arch, factors in (("dcgan", a, a.g_strides), ("dcgan_upsample", u, u.g_upsample)):
             if arch.g_filters[-1] != 1:
-                raise ValueError(f"{name}.g_filters must end with 1 (one grayscale channel)")
+                raise ValueError(f"{name}.g_filters must end with 1 (the image's channel; a dataset of more "
+                                 "channels, prepare.dataset: stacked, widens it)")
             start = 7 if name == "dcgan" else u.g_dense_shape[0]
             size = start * int(np.prod(factors))
             if size != 28 or (name == "dcgan_upsample" and u.g_dense_shape[0] != u.g_dense_shape[1]):

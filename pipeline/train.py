@@ -28,11 +28,13 @@ from pipeline import atomic, data, images, params, tracking
 from pipeline.errors import StageError, run_stage
 
 FIXED_Z = 64  # samples in the collapse watch; the grid shows the first 16
+# prepare's keys that say what the GAN trains on (data.training_set); dvc.yaml lists them for train.
+DATASET_KEYS = ("prepare.dataset", "prepare.stacked_train", "prepare.stacked_test", "prepare.stacked_seed")
 
 
 def dataset(x: np.ndarray, batch_size: int, seed: int, skip_batches: int = 0, n_critic: int = 1):
     """Shuffled, repeated, prefetched images in [-1, 1], in steps of shape
-    (batch_size, n_critic, 28, 28, 1): column i is the i-th of n_critic
+    (batch_size, n_critic, 28, 28, channels): column i is the i-th of n_critic
     consecutive batches, for critic update i. `skip_batches` replays the order
     of a run that already consumed that many steps.
 
@@ -51,6 +53,7 @@ def dataset(x: np.ndarray, batch_size: int, seed: int, skip_batches: int = 0, n_
         times = f" x n_critic={n_critic}" if n_critic > 1 else ""
         raise StageError(f"train.batch_size={batch_size}{times} is larger than the training set ({len(x)} images)")
     pixels = tf.constant(images.from_uint8(x))
+    channels = pixels.shape[-1]
 
     def epoch_order(epoch):
         return tf.random.experimental.stateless_shuffle(tf.range(len(x), dtype=tf.int64),
@@ -59,7 +62,7 @@ def dataset(x: np.ndarray, batch_size: int, seed: int, skip_batches: int = 0, n_
     ds = tf.data.Dataset.counter().map(epoch_order).unbatch().batch(n, drop_remainder=True)
     if skip_batches:
         ds = ds.skip(skip_batches)
-    ds = ds.map(lambda rows: tf.transpose(tf.reshape(tf.gather(pixels, rows), (n_critic, batch_size, 28, 28, 1)),
+    ds = ds.map(lambda rows: tf.transpose(tf.reshape(tf.gather(pixels, rows), (n_critic, batch_size, 28, 28, channels)),
                                           (1, 0, 2, 3, 4)))
     # Nothing here to tune, and with autotuning on, an iterator's teardown waited for
     # the tuner's next wake-up (0.6 s after 6 of 10 fit() calls of 2 s; none without).
@@ -167,10 +170,10 @@ def dtype_policy(precision: str):
         keras.config.set_dtype_policy(before)
 
 
-def build(p: params.TrainParams, precision: str | None = None, distribution=None):
-    """The compiled GAN for these params, its variables made in the scope of
-    `distribution` (default: `strategy(p)`), its layers computing in `precision`
-    (default: `p.precision` resolved)."""
+def build(p: params.TrainParams, precision: str | None = None, distribution=None, channels: int = 1):
+    """The compiled GAN for these params and images of `channels`, its variables made in
+    the scope of `distribution` (default: `strategy(p)`), its layers computing in
+    `precision` (default: `p.precision` resolved)."""
     import keras
 
     from pipeline.gan import GAN
@@ -181,7 +184,7 @@ def build(p: params.TrainParams, precision: str | None = None, distribution=None
     o = p.optimizer
     precision = precision or precision_for(p.precision)
     with distribution.scope(), dtype_policy(precision):
-        generator, discriminator = build_generator(p), build_discriminator(p)
+        generator, discriminator = build_generator(p, channels), build_discriminator(p, channels)
         if p.strategy != "default":
             # Batch statistics over the global batch, not each replica's share of it:
             # the step is then the one a single device takes on the same batch.
@@ -207,9 +210,10 @@ def fit(gan, p: params.TrainParams, x: np.ndarray, samples: Path, state=None, ru
     from pipeline import callbacks as cb
 
     replicas = gan.distribute_strategy.num_replicas_in_sync
-    if p.batch_size % replicas:
+    if p.batch_size % (replicas * p.pack):
         raise StageError(f"train.batch_size={p.batch_size} is the global batch and must be a multiple of the "
-                         f"{replicas} replicas of train.strategy: {p.strategy}")
+                         f"{replicas} replicas of train.strategy: {p.strategy}"
+                         + (f" times train.pack={p.pack}" if p.pack > 1 else ""))
     guard = cb.NonFiniteGuard()
     history = cb.History(p.log_every, p.oscillation_window, run, rows, logged_through)
     cbs = [guard, history]
@@ -293,17 +297,22 @@ def main(argv: list[str] | None = None) -> None:
 
     if not Path(args.data).is_file():
         raise StageError(f"{args.data}: prepared data not found")
-    ds = data.load_prepared(args.data)
+    prep = params.load("prepare", args.params)
+    ds = data.training_set(data.load_prepared(args.data), prep)
     reports, checkpoints = Path(args.reports), Path(args.checkpoints)
     precision = precision_for(p.precision)
-    flat = {**p.flat(precision), "train.n_images": len(ds.x_train)}
-    gan = build(p, precision, distribution)
+    dataset_params = {k: v for k, v in params.flat("prepare", prep).items()
+                      if k in DATASET_KEYS[:1] or (k in DATASET_KEYS and prep.dataset == "stacked")}
+    flat = {**p.flat(precision), **dataset_params, "train.n_images": len(ds.x_train)}
+    channels = ds.x_train.shape[-1] if ds.x_train.ndim == 4 else 1
+    gan = build(p, precision, distribution, channels)
     where = f", {p.strategy} over {distribution.num_replicas_in_sync} devices" if p.strategy != "default" else ""
     if task is not None:
         role = "the chief" if task[0] == "chief" else f"worker {task[1]}" + (", the chief" if chief else "")
         where += f" of {sum(len(hosts) for hosts in task[2].values())} workers (this one: {role})"
     print(f"train: {p.arch}/{p.loss} in {precision}{where}")
-    state = TrainState(checkpoints, gan, fingerprint({**p.model_dump(mode="json"), "precision": precision}, args.data),
+    state = TrainState(checkpoints, gan, fingerprint({**p.model_dump(mode="json"), **dataset_params,
+                                                     "precision": precision}, args.data),
                        chief=chief)
     resumed = state.restore()
     start, rows = resumed if resumed else (0, [])

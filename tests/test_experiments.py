@@ -130,6 +130,29 @@ def test_judge_only_experiment_retrains_the_judge_alone(repo, baseline):
     assert snapshot(env, baseline) == before
 
 
+def test_stacked_mnist_experiment_trains_three_channels_with_the_same_judge(repo, baseline):
+    """`dvc exp run -S prepare.dataset=stacked`: train, evaluate and export run on the
+    stacked set drawn from the prepared digits; prepare and the judge are reused."""
+    project, env = repo
+    at_baseline(project, env)
+    before = snapshot(env, baseline)
+    out = sh(project, env, "dvc", "exp", "run", "-n", "stacked", "-S", "prepare.dataset=stacked",
+             "-S", "prepare.stacked_train=600", "-S", "prepare.stacked_test=64")
+    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out and "Running stage 'export'" in out
+    assert "Running stage 'judge'" not in out and "Running stage 'prepare'" not in out
+    run = runs(env)["stacked"]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["prepare.dataset"] == "stacked" and run.data.params["prepare.stacked_train"] == "600"
+    m = run.data.metrics
+    assert m["modes_expected"] == 1000 and 1 <= m["modes_covered"] <= 64 and m["num_generated"] == 64
+    card = json.loads((project / "export" / "model_card.json").read_text())
+    assert card["output"]["shape"] == [None, 28, 28, 3]
+    assert not card["promotion"]["promote"] and "3-channel" in card["promotion"]["reason"]
+    training = client(env).get_run(run.data.tags["training_run_id"])
+    assert training.data.params["prepare.dataset"] == "stacked" and training.data.params["train.n_images"] == "600"
+    assert snapshot(env, baseline) == before
+
+
 def test_params_seen_before_come_from_the_run_cache(repo):
     project, env = repo
     at_baseline(project, env)

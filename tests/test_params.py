@@ -36,7 +36,7 @@ def test_defaults_fill_missing_section():
     ("prepare", {"source": "npz"}, "path is required"),
     ("prepare", {"limit": -1}, "prepare.limit"),
     ("prepare", {"colour": 1}, "prepare.colour"),
-    ("train", {"arch": "vae"}, "'mlp', 'dcgan' or 'dcgan_upsample'"),
+    ("train", {"arch": "vae"}, "'mlp', 'dcgan', 'dcgan_upsample' or 'dcgan_paper'"),
     ("train", {"loss": "lsgan"}, "'bce', 'wgan', 'wgan-gp' or 'hinge'"),
     ("train", {"mlp": {"optimizer": {"name": "sgd", "d_lr": 1, "g_lr": 1}}}, "train.mlp.optimizer.name"),
     ("train", {"losses": {"wgan": {"n_critic": 0}}}, "train.losses.wgan.n_critic"),

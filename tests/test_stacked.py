@@ -1,0 +1,169 @@
+"""Stacked MNIST (prepare.dataset: stacked): the set's construction, the per-channel
+mode count against a direct count, the papers' modes and KL on generators of known
+truth, PacGAN's packing and the papers' DCGAN at three channels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import classifier, data, evaluate, metrics, models, params
+from pipeline.params import TrainParams
+
+LEVEL = 25  # a synthetic digit d is an image of constant pixels d * LEVEL
+
+
+def synthetic_digits(per_digit: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    y = np.random.default_rng(seed).permutation(np.repeat(np.arange(10), per_digit))
+    return np.broadcast_to((y * LEVEL).astype(np.uint8)[:, None, None], (len(y), 28, 28)).copy(), y
+
+
+def oracle_judge(temperature: float = 20.0):
+    """A judge (features, probs) that reads a synthetic digit off its mean pixel:
+    logits_k = T (2 s k - k^2) with s = 255 x / LEVEL, the softmax of -T (s - k)^2."""
+    import keras
+
+    inp = keras.Input((28, 28, 1))
+    mean = keras.layers.GlobalAveragePooling2D()(inp)
+    k = np.arange(10, dtype=np.float32)
+    dense = keras.layers.Dense(10, activation="softmax")
+    probs = dense(mean)
+    dense.set_weights([temperature * 2 * (255.0 / LEVEL) * k[None, :], -temperature * k ** 2])
+    return keras.Model(inp, [keras.layers.Concatenate()([mean, mean]), probs])
+
+
+def test_every_code_appears_and_each_channel_carries_its_digit():
+    x, y = synthetic_digits()
+    images, codes = data.stack(x, y, 20_000, seed=3)
+    assert images.shape == (20_000, 28, 28, 3) and images.dtype == np.uint8
+    assert len(np.unique(codes)) == 1000  # P(a code missing) = 1000 (1 - 1/1000)^20000 < 1e-5
+    digits = data.digits_of(codes)
+    assert np.array_equal(images[:, 0, 0, :] // LEVEL, digits)
+    assert np.all(images == images[:, :1, :1, :])  # whole channels, not mixed pixels
+    again, codes_again = data.stack(x, y, 20_000, seed=3)
+    assert np.array_equal(again, images) and np.array_equal(codes_again, codes)
+    assert not np.array_equal(data.stack(x, y, 20_000, seed=4)[1], codes)
+
+
+def test_training_set_draws_train_from_train_and_test_from_test():
+    xa, ya = synthetic_digits(seed=0)
+    xt, yt = synthetic_digits(seed=1)
+    xt, yt = xt[yt < 5], yt[yt < 5]  # the test digits: 0-4 only
+    ds = data.Mnist(xa, ya, xt, yt)
+    p = params.PrepareParams(dataset="stacked", stacked_train=3000, stacked_test=500)
+    st = data.training_set(ds, p)
+    assert st.x_train.shape == (3000, 28, 28, 3) and st.x_test.shape == (500, 28, 28, 3)
+    assert data.digits_of(st.y_test).max() <= 4 and data.digits_of(st.y_train).max() == 9
+    assert data.classes_of(st) == 1000 and data.classes_of(ds) == 10
+    assert data.training_set(ds, params.PrepareParams()) is ds
+
+
+def test_the_per_channel_mode_counter_agrees_with_a_direct_count():
+    x, y = synthetic_digits()
+    images, codes = data.stack(x, y, 3000, seed=5)
+    _, probs = classifier.embed(oracle_judge(), images)
+    assert probs.shape == (3000, 1000) and np.allclose(probs.sum(1), 1)
+    assert np.array_equal(probs.argmax(1), codes)
+    hist = metrics.class_histogram(probs)
+    assert np.allclose(hist * 3000, np.bincount(codes, minlength=1000))
+    uniform = np.full(1000, 1e-3)
+    assert metrics.modes_covered(hist, uniform, 0.0) == (len(np.unique(codes)), 1000)
+
+
+@pytest.fixture(scope="module")
+def stacked_sets():
+    xa, ya = synthetic_digits(per_digit=30, seed=0)
+    xt, yt = synthetic_digits(per_digit=30, seed=1)
+    return data.training_set(data.Mnist(xa, ya, xt, yt),
+                             params.PrepareParams(dataset="stacked", stacked_train=4000, stacked_test=4000))
+
+
+def papers_modes_and_kl(gen: np.ndarray, st: data.Mnist, n: int):
+    p = params.EvaluateParams(num_samples=n)
+    m, v, _ = evaluate.score(gen, st.x_test[:n], st.y_test[:n], st.x_train, oracle_judge(), p)
+    return m, v
+
+
+def test_a_generator_of_ten_codes_gets_ten_modes_and_a_large_kl(stacked_sets):
+    st = stacked_sets
+    ten = np.unique(st.y_train)[:10]
+    gen = np.concatenate([np.repeat(st.x_train[st.y_train == c][:1], 200, axis=0) for c in ten])
+    m, v = papers_modes_and_kl(gen, st, len(gen))
+    assert m["modes_covered"] == 10 and m["modes_expected"] == 1000
+    assert m["class_kl"] == pytest.approx(np.log(100), rel=0.01)  # KL(uniform over 10 || uniform over 1000)
+    assert v["mode_collapse"] and any("modes_covered=10" in r for r in v["reasons"])
+
+
+def test_uniform_stacked_real_images_cover_about_all_modes_with_kl_near_zero(stacked_sets):
+    st = stacked_sets
+    m, _ = papers_modes_and_kl(st.x_train[:4000], st, 4000)
+    # 4,000 uniform draws miss a code with probability e^-4: about 18 of 1,000, KL about 999 / 8000.
+    assert m["modes_covered"] >= 960 and m["modes_expected"] == 1000
+    assert m["class_kl"] < 0.2
+    assert m["judge_accuracy_real"] == 1.0 and m["classifier_score_real"] > 500
+
+
+def test_the_papers_kl_against_a_direct_formula():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 1000, 26_000)
+    counts = np.bincount(codes, minlength=1000)
+    p = counts / counts.sum()
+    direct = float(np.sum(p[p > 0] * np.log(p[p > 0] * 1000)))
+    assert metrics.kl_divergence(p, np.full(1000, 1e-3)) == pytest.approx(direct, abs=2e-3)
+    assert direct < 0.05  # 26,000 uniform draws: about 999 / 52,000
+
+
+def test_pack_concatenates_consecutive_images_along_channels():
+    x = np.arange(4 * 2 * 2 * 3, dtype=np.float32).reshape(4, 2, 2, 3)
+    out = models.Pack(2)(x).numpy()
+    assert out.shape == (2, 2, 2, 6)
+    assert np.array_equal(out[1], np.concatenate([x[2], x[3]], axis=-1))
+
+
+@pytest.mark.parametrize("arch", models.ARCHS)
+def test_every_arch_draws_three_channels_and_judges_packs(arch):
+    p = TrainParams(arch=arch, z_dim=16, pack=2, batch_size=4)
+    g, d = models.build_generator(p, channels=3), models.build_discriminator(p, channels=3)
+    img = g(np.random.default_rng(0).standard_normal((4, 16)).astype("float32")).numpy()
+    assert img.shape == (4, 28, 28, 3) and np.abs(img).max() <= 1
+    assert d(img).shape == (2, 1)  # one score per pack of two
+
+
+def test_the_papers_dcgan_layers():
+    g, d = models.build_generator(TrainParams(arch="dcgan_paper"), 3), models.build_discriminator(
+        TrainParams(arch="dcgan_paper"), 3)
+    shapes = [tuple(l.output.shape[1:]) for l in g.layers if l.__class__.__name__ in ("Conv2DTranspose", "Cropping2D")]
+    assert shapes == [(4, 4, 256), (8, 8, 128), (7, 7, 128), (14, 14, 64), (28, 28, 3)]
+    assert [l.filters for l in d.layers if l.__class__.__name__ == "Conv2D"] == [64, 128, 256, 512]
+
+
+def test_pack_must_divide_the_batch():
+    with pytest.raises(ValueError, match="multiple of train.pack=3"):
+        TrainParams(batch_size=64, pack=3)
+
+
+@pytest.mark.parametrize("arch,loss", [("dcgan", "bce"), ("dcgan_paper", "wgan-gp"), ("mlp", "hinge")])
+def test_a_packed_gan_trains_on_stacked_images(arch, loss):
+    """Packing with any loss: D sees real and generated images in packs (in one pass where
+    D has no batch statistics, dcgan; in two where it has, dcgan_paper)."""
+    from pipeline import train
+
+    p = TrainParams(arch=arch, loss=loss, z_dim=8, batch_size=8, pack=2, steps=2, jit_compile=False,
+                    dcgan={"g_filters": [8, 4, 1], "g_strides": [2, 2, 1], "d_filters": [8, 8],
+                           "d_strides": [2, 2], "kernel_size": 3},
+                    dcgan_paper={"gf": 4, "df": 4}, mlp={"g_units": [16], "d_units": [16]})
+    gan = train.build(p, "float32", channels=3)
+    x, y = synthetic_digits()
+    images, _ = data.stack(x, y, 64, seed=0)
+    history = train.fit(gan, p, images, None, verbose=0)
+    assert len(history.rows) == 2 and all(np.isfinite(r["d_loss"]) for r in history.rows)
+    assert gan.sampler(np.zeros((2, 8), np.float32)).shape == (2, 28, 28, 3)
+
+
+def test_a_stacked_generator_is_registered_but_never_the_champion():
+    from pipeline.export import decide
+
+    challenger = {"version": "3", "quality_gate_passed": True, "reasons": [], "eval_protocol": "p",
+                  "fcd": 1.0, "classifier_score_ratio": 1.0, "channels": 3}
+    d = decide(challenger, None)
+    assert not d["promote"] and "3-channel" in d["reason"]
+    assert decide({**challenger, "channels": 1}, None)["promote"]
