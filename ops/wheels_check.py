@@ -17,6 +17,7 @@ Resolution fetches metadata, not the wheels. Exit status 1 names what fails.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -83,17 +84,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"FAIL: {name}=={version} is an sdist only and builds a {tag} wheel, not a pure-Python one")
                 return 1
             print(f"  {name}=={version}: sdist only on the index; builds a pure-Python wheel ({tag})")
-        failed = []
-        for v in args.versions:
+        links = ["--find-links", str(wheels)] if wheels.exists() else []
+
+        def check(v: str) -> tuple[bool, str]:
             try:
                 got = _resolve(tmp / "requirements.txt", tmp / f"py{v}.json", "--only-binary=:all:",
-                               "--python-version", v, *(["--find-links", str(wheels)] if wheels.exists() else []))
+                               "--python-version", v, *links)
             except SystemExit as exc:
-                print(f"FAIL: Python {v}: no wheels-only resolution:\n{exc}")
-                failed.append(v)
-                continue
-            print(f"Python {v}: all {len(got)} distributions resolve to wheels")
-        return 1 if failed else 0
+                return False, f"FAIL: Python {v}: no wheels-only resolution:\n{exc}"
+            return True, f"Python {v}: all {len(got)} distributions resolve to wheels"
+
+        # One pip per version at once: resolution waits on the index, not the CPU.
+        with concurrent.futures.ThreadPoolExecutor(len(args.versions)) as pool:
+            results = list(pool.map(check, args.versions))
+        for _, line in results:
+            print(line)
+        return 0 if all(ok for ok, _ in results) else 1
 
 
 if __name__ == "__main__":
