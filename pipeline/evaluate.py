@@ -208,7 +208,7 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
 def evaluate(generator, judge, ds: data.Mnist, p: params.EvaluateParams):
     """Sample the generator and score it against `ds` (data.training_set); returns
     (metrics, verdict, details, generated pixels)."""
-    if generator.output_shape[-1] != (ds.x_train.shape[-1] if ds.x_train.ndim == 4 else 1):
+    if generator.output_shape[-1] != data.channels_of(ds):
         raise StageError(f"evaluate: the generator draws {generator.output_shape[1:]} images, the data "
                          f"(prepare.dataset) holds {ds.x_train.shape[1:]}")
     gen = sample(generator, p.num_samples, p.seed)

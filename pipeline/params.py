@@ -34,6 +34,12 @@ class PrepareParams(_Section):
     stacked_test: int = Field(26_000, ge=2, le=10_000_000)    # stacked held-out images, from the test digits
     stacked_seed: int = Field(0, ge=0, lt=2**32)
 
+    def dataset_flat(self) -> dict[str, object]:
+        """The keys that say what train and evaluate use (data.training_set), flat, as
+        MLflow logs them: the stacked set's only when it is the dataset."""
+        keys = ["dataset"] + (["stacked_train", "stacked_test", "stacked_seed"] if self.dataset == "stacked" else [])
+        return {f"prepare.{k}": getattr(self, k) for k in keys}
+
     @model_validator(mode="after")
     def _path_for_local_sources(self):
         if self.source in ("npz", "idx") and not self.path:

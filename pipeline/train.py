@@ -28,8 +28,6 @@ from pipeline import atomic, data, images, params, tracking
 from pipeline.errors import StageError, run_stage
 
 FIXED_Z = 64  # samples in the collapse watch; the grid shows the first 16
-# prepare's keys that say what the GAN trains on (data.training_set); dvc.yaml lists them for train.
-DATASET_KEYS = ("prepare.dataset", "prepare.stacked_train", "prepare.stacked_test", "prepare.stacked_seed")
 
 
 def dataset(x: np.ndarray, batch_size: int, seed: int, skip_batches: int = 0, n_critic: int = 1):
@@ -301,11 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     ds = data.training_set(data.load_prepared(args.data), prep)
     reports, checkpoints = Path(args.reports), Path(args.checkpoints)
     precision = precision_for(p.precision)
-    dataset_params = {k: v for k, v in params.flat("prepare", prep).items()
-                      if k in DATASET_KEYS[:1] or (k in DATASET_KEYS and prep.dataset == "stacked")}
+    dataset_params = prep.dataset_flat()
     flat = {**p.flat(precision), **dataset_params, "train.n_images": len(ds.x_train)}
-    channels = ds.x_train.shape[-1] if ds.x_train.ndim == 4 else 1
-    gan = build(p, precision, distribution, channels)
+    gan = build(p, precision, distribution, data.channels_of(ds))
     where = f", {p.strategy} over {distribution.num_replicas_in_sync} devices" if p.strategy != "default" else ""
     if task is not None:
         role = "the chief" if task[0] == "chief" else f"worker {task[1]}" + (", the chief" if chief else "")
