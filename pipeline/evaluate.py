@@ -147,6 +147,14 @@ def present_classes(labels: np.ndarray, classes: int) -> np.ndarray:
     return np.isin(data.digits_of(np.arange(classes)), digits).all(axis=1)
 
 
+def l1_indices(n_gen: int, n_real: int, p: params.EvaluateParams) -> tuple[np.ndarray, np.ndarray]:
+    """Which generated and held-out images the L1 figures use: all, or `l1_samples` of each."""
+    if not p.l1_samples or p.l1_samples >= max(n_gen, n_real):
+        return np.arange(n_gen), np.arange(n_real)
+    real = np.sort(np.random.default_rng(p.seed + 1).permutation(n_real)[:p.l1_samples])
+    return np.arange(min(n_gen, p.l1_samples)), real
+
+
 def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.ndarray, judge,
           p: params.EvaluateParams) -> tuple[dict, dict, dict]:
     """All metrics of 8-bit generated images against real held-out ones.
@@ -154,18 +162,23 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
     Returns (metrics, verdict, details); details carries what the figures need."""
     if len(real) < 2 or len(gen) < 2:
         raise StageError("evaluate: need at least two generated and two held-out test images")
-    m, gen_nn, gen_arg, real_nn = metrics.l1_details(gen, real, train)
-    m["duplicate_rate_gen"] = float(np.mean(metrics.nearest_other_l1(gen)[0] < p.near_l1))
-    m["duplicate_rate_real"] = float(np.mean(metrics.nearest_other_l1(real)[0] < p.near_l1))
+    # The L1 figures' share of the samples (evaluate.l1_samples): generated images are
+    # i.i.d., so the first ones; held-out ones drawn at random.
+    gi, ri = l1_indices(len(gen), len(real), p)
+    gen_l1, real_l1 = gen[gi], real[ri]
+    m, gen_nn, gen_arg, real_nn = metrics.l1_details(gen_l1, real_l1, train)
+    m["duplicate_rate_gen"] = float(np.mean(metrics.nearest_other_l1(gen_l1)[0] < p.near_l1))
+    m["duplicate_rate_real"] = float(np.mean(metrics.nearest_other_l1(real_l1)[0] < p.near_l1))
 
     f_gen, p_gen = classifier.embed(judge, gen)
     f_real, p_real = classifier.embed(judge, real)
     # One partition for both sides (the judge's classes), as the copying test's cells require.
     gen_cls, real_cls = p_gen.argmax(1), p_real.argmax(1)
-    m["copying_z"] = metrics.copying_statistic(gen_nn, gen_cls, real_nn, real_cls, MIN_CLASS_IMAGES)
+    gen_cls_l1, real_cls_l1 = gen_cls[gi], real_cls[ri]
+    m["copying_z"] = metrics.copying_statistic(gen_nn, gen_cls_l1, real_nn, real_cls_l1, MIN_CLASS_IMAGES)
     m["copying_z_global"] = metrics.mann_whitney_z(gen_nn, real_nn)[1]
     m["copy_rate_gen"] = float(np.mean(gen_nn < p.copy_l1))
-    m["copy_rate_real"] = class_matched_rate(real_nn < p.copy_l1, real_cls, gen_cls)
+    m["copy_rate_real"] = class_matched_rate(real_nn < p.copy_l1, real_cls_l1, gen_cls_l1)
     classes = p_gen.shape[1]
     gen_hist = metrics.class_histogram(p_gen)
     real_hist = metrics.class_histogram(p_real)
@@ -178,7 +191,7 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
         # The papers' Stacked MNIST protocol: against uniform, a mode is any code drawn once.
         reference, min_share = present / present.sum(), 0.0
     covered, expected = metrics.modes_covered(gen_hist * present, reference * present, min_share)
-    per_class = per_class_diversity(gen, gen_cls, real, real_cls, classes)
+    per_class = per_class_diversity(gen_l1, gen_cls_l1, real_l1, real_cls_l1, classes)
     m.update({
         "modes_covered": covered,
         "modes_expected": expected,
@@ -199,8 +212,8 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
     m.update(metrics.prdc(f_real, f_gen, k))
     v = verdict(m, p)
     m.update({key: int(v[key]) for key in ("mode_collapse", "memorization", "quality_gate_passed")})
-    m["num_generated"], m["num_real"] = len(gen), len(real)
-    details = {"gen_nn": gen_nn, "gen_arg": gen_arg, "gen_cls": gen_cls, "gen_hist": gen_hist,
+    m["num_generated"], m["num_real"], m["num_l1"] = len(gen), len(real), len(gi)
+    details = {"gen_l1": gen_l1, "gen_nn": gen_nn, "gen_arg": gen_arg, "gen_cls": gen_cls, "gen_hist": gen_hist,
                "real_hist": real_hist, "per_class": per_class}
     return m, v, details
 
@@ -230,10 +243,11 @@ def write_figures(out: Path, gen: np.ndarray, train: np.ndarray, details: dict) 
 
     # Top two rows: the 16 most training-like generated images over their nearest training
     # images (where copying would show); bottom two: 16 chosen at random.
-    n = min(16, len(gen))
+    near = details["gen_l1"]
+    n = min(16, len(near))
     closest = np.argsort(details["gen_nn"], kind="stable")[:n]
-    rand = np.random.default_rng(0).choice(len(gen), n, replace=False)
-    rows = [gen[closest], train[details["gen_arg"][closest]], gen[rand], train[details["gen_arg"][rand]]]
+    rand = np.random.default_rng(0).choice(len(near), n, replace=False)
+    rows = [near[closest], train[details["gen_arg"][closest]], near[rand], train[details["gen_arg"][rand]]]
     images.save_png(images.grid(np.concatenate(rows), cols=n), out / "nearest_train.png", scale=2)
 
     # A grid per digit; of the 1,000 stacked codes, the ten the generator draws most.
@@ -255,6 +269,8 @@ def protocol(judge, ds: data.Mnist, p: params.EvaluateParams) -> dict:
     out = {"judge_weights_sha256": h.hexdigest(), "data_sha256": data.arrays_sha256(ds),
            "num_samples": p.num_samples, "seed": p.seed, "k": p.k, "kid_subsets": p.kid_subsets,
            "kid_subset_size": p.kid_subset_size}
+    if p.l1_samples:  # named only when set, so that earlier protocols keep their ids
+        out["l1_samples"] = p.l1_samples
     out["id"] = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:12]
     return out
 

@@ -279,6 +279,10 @@ class EvaluateParams(_Section):
     k: int = Field(5, ge=1, le=100)
     kid_subsets: int = Field(100, ge=1, le=10_000)        # KID's mean and std over this many draws
     kid_subset_size: int = Field(1000, ge=2, le=100_000)  # of this many images each (capped at num_samples)
+    # The L1 figures (memorization, copying test, diversity, near duplicates) on this many
+    # of the generated and of the held-out images; 0: all num_samples. Every query still
+    # searches the whole training set.
+    l1_samples: int = Field(0, ge=0, le=100_000)
 
 
 SECTIONS: dict[str, type[_Section]] = {

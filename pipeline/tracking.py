@@ -377,7 +377,7 @@ def set_champion(version: str) -> None:
 
 def _as_dict(r) -> dict:
     return {"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
-            "experiment_id": r.info.experiment_id, "start_time": r.info.start_time,
+            "experiment_id": r.info.experiment_id, "start_time": r.info.start_time, "end_time": r.info.end_time,
             "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)}
 
 
@@ -409,6 +409,12 @@ def result_runs(selectors: list[str] | None = None) -> list[dict]:
 
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client().get_metric_history(run_id, key))
+
+
+def last_logged_time(run_id: str, key: str) -> int | None:
+    """When (ms since the epoch) the run's last point of `key` was logged; None without one."""
+    history = client().get_metric_history(run_id, key)
+    return max((m.timestamp for m in history), default=None)
 
 
 def list_artifacts(run_id: str, path: str | None = None) -> list[str]:

@@ -89,6 +89,30 @@ def test_heldout_test_images_pass_the_gate(mnist, judge_model):
     assert abs(m["copying_z"]) < 3
 
 
+def test_l1_figures_on_a_subset_keep_the_verdicts(mnist, judge_model):
+    """evaluate.l1_samples: the L1 figures on 200 of the 500 samples; copies are still
+    copies, held-out images still pass, and the judge's figures use every sample."""
+    judge = classifier.load(judge_model)
+    full, sub = params.EvaluateParams(num_samples=N), params.EvaluateParams(num_samples=N, l1_samples=200)
+    gi, ri = evaluate.l1_indices(N, N, sub)
+    assert len(gi) == len(ri) == 200 and len(np.unique(ri)) == 200 and ri.max() < N
+    assert [len(a) for a in evaluate.l1_indices(N, N, full)] == [N, N]
+
+    pick = np.random.default_rng(1).choice(len(mnist.x_train), 2000, replace=False)
+    m, v = evaluate.evaluate(table_generator(mnist.x_train[pick]), judge, mnist, sub)[:2]
+    assert m["num_l1"] == 200 and m["num_generated"] == N
+    assert v["memorization"] and m["copy_rate_gen"] == 1 and m["copying_z"] < -3, v
+
+    gen = table_generator(mnist.x_test[heldout(mnist, full)])
+    m_full, _ = evaluate.evaluate(gen, judge, mnist, full)[:2]
+    m_sub, v_sub = evaluate.evaluate(gen, judge, mnist, sub)[:2]
+    assert not v_sub["memorization"] and not v_sub["mode_collapse"], v_sub
+    for key in ("fcd", "classifier_score_ratio", "precision", "recall", "class_kl", "kid"):
+        assert m_sub[key] == m_full[key], key  # the judge's figures: every sample
+    assert m_sub["l1_pairwise_gen"] != m_full["l1_pairwise_gen"]  # the L1 ones: the subset
+    assert abs(m_sub["diversity_ratio"] - m_full["diversity_ratio"]) < 0.05
+
+
 def test_one_digit_dataset_is_not_collapse_for_one_digit(mnist, judge_model, tmp_path):
     """prepare.digits=[7]: real data holds one class, so a generator of 7s covers every mode."""
     keep_tr, keep_te = mnist.y_train == 7, mnist.y_test == 7

@@ -1,0 +1,191 @@
+"""Stacked MNIST's results table (README, "Stacked MNIST"): the papers' DCGAN and
+PacDCGAN2 recipes over several training seeds, each row made from the MLflow
+result runs, beside the rows VEEGAN and PacGAN published.
+
+    python bench/stacked.py                                     # both recipes, seeds 0 1 2
+    python bench/stacked.py --set train.steps=1000 --work /tmp/stacked
+    python bench/stacked.py --table-only --work /tmp/stacked    # the table from the runs there
+    python bench/stacked.py --table-only --tracking-uri http://tracking:5000
+
+Runs the pipeline's own stages as subprocesses (as bench/seeds.py does): prepare
+and judge once (or `--data`/`--judge` to reuse them), then per recipe and seed
+`train` and `evaluate` with `--run-file`, so that each (recipe, seed) is one
+FINISHED result run in MLflow (default store: `<work>/mlflow.db`). A pair whose
+result run already finished in the work folder is not run again, so a stopped
+bench picks up where it was. The table then reads every FINISHED result run of
+the store with `prepare.dataset = stacked`, grouped by method (arch, loss, pack)
+and budget (steps, batch, samples): modes of 1,000 and KL(generated || uniform) as
+mean ± std over the seeds, and the wall time of each run from its MLflow record
+(start to last logged training step; that to the run's end: evaluate).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.seeds import cpu_model, stage, with_overrides  # noqa: E402
+from ops.recipe import overrides as recipe_overrides  # noqa: E402
+
+RECIPES = ("dcgan_paper_stacked", "dcgan_paper_pac2")
+# As VEEGAN (Srivastava et al. 2017, table 2) and PacGAN (Lin et al. 2018, table 3)
+# report them: their DCGAN-style architecture, their MNIST classifier, full training.
+PAPERS = (
+    ("DCGAN", 99, 3.40, "VEEGAN, PacGAN"),
+    ("ALI", 16, 5.40, "VEEGAN"),
+    ("Unrolled GAN", 48.7, 4.32, "VEEGAN"),
+    ("VEEGAN", 150, 2.95, "VEEGAN"),
+    ("PacDCGAN2", 1000, 0.06, "PacGAN"),
+)
+ARCH_NAMES = {"dcgan_paper": "DCGAN"}
+
+
+def method(params: dict) -> str:
+    """A run's method as the papers name it: DCGAN, PacDCGAN2, or arch and loss spelled out."""
+    name = ARCH_NAMES.get(params.get("train.arch"), params.get("train.arch", "?"))
+    loss = params.get("train.loss", "bce")
+    if loss != "bce":
+        name += f" ({loss})"
+    pack = int(params.get("train.pack", 1))
+    return f"Pac{name}{pack}" if pack > 1 else name
+
+
+def budget(params: dict) -> tuple[int, int, int, int]:
+    """(steps, batch, training images, samples scored)."""
+    return (int(params["train.steps"]), int(params["train.batch_size"]), int(params["prepare.stacked_train"]),
+            int(params["evaluate.num_samples"]))
+
+
+def timings(run: dict) -> tuple[float | None, float | None]:
+    """Seconds of training (run start to the last logged training step) and of the rest
+    (evaluate), from the run's MLflow record; None where the record lacks them."""
+    from pipeline import tracking
+
+    trained = tracking.last_logged_time(run["run_id"], "d_loss")
+    if trained is None or not run.get("start_time") or not run.get("end_time"):
+        return None, None
+    return (trained - run["start_time"]) / 1000, (run["end_time"] - trained) / 1000
+
+
+def mean_std(xs: list[float], digits: int) -> str:
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f}"
+    return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
+
+
+def table(runs: list[dict]) -> str:
+    """Our rows (from the result runs) and the papers' rows, as Markdown."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((method(r["params"]), budget(r["params"])), []).append(r)
+    lines = ["| method | source | budget | seeds | modes (of 1,000) | KL | modes per seed | train s (median) "
+             "| evaluate s (median) |", "|---|---|---|---|---:|---:|---|---:|---:|"]
+    for (name, (steps, batch, n_train, n_samples)), rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: int(r["params"]["train.seed"]))
+        modes = [r["metrics"]["modes_covered"] for r in rs]
+        kls = [r["metrics"]["class_kl"] for r in rs]
+        times = [timings(r) for r in rs]
+        train_s = [t for t, _ in times if t is not None]
+        eval_s = [e for _, e in times if e is not None]
+        epochs = steps * batch / n_train
+        lines.append(
+            f"| {name} | this project | {steps} steps × {batch} ({epochs:.2g} epochs of {n_train:,}); "
+            f"{n_samples:,} samples | {', '.join(r['params']['train.seed'] for r in rs)} "
+            f"| {mean_std(modes, 1)} | {mean_std(kls, 3)} | {' / '.join(str(int(m)) for m in modes)} "
+            f"| {statistics.median(train_s):.0f} | {statistics.median(eval_s):.0f} |"
+            if train_s and eval_s else
+            f"| {name} | this project | {steps} steps × {batch}; {n_samples:,} samples "
+            f"| {len(rs)} | {mean_std(modes, 1)} | {mean_std(kls, 3)} | {' / '.join(str(int(m)) for m in modes)} "
+            f"| – | – |")
+    for name, modes, kl, source in PAPERS:
+        lines.append(f"| {name} | {source} | the papers' | – | {modes:g} | {kl:.2f} | – | – | – |")
+    return "\n".join(lines) + "\n"
+
+
+def stacked_runs() -> list[dict]:
+    from pipeline import tracking
+
+    return [r for r in tracking.result_runs() if r["params"].get("prepare.dataset") == "stacked"
+            and "modes_covered" in r["metrics"]]
+
+
+def finished(run_file: Path) -> bool:
+    from pipeline import tracking
+
+    if not run_file.is_file():
+        return False
+    run_id = json.loads(run_file.read_text())["run_id"]
+    return any(r["run_id"] == run_id for r in tracking.result_runs())
+
+
+def run_all(args, work: Path, env: dict) -> None:
+    base = yaml.safe_load(args.params.read_text())
+    recipes = [(name, recipe_overrides(ROOT / "recipes" / f"{name}.yaml")) for name in args.recipes]
+    # Prepare and judge once: the recipes differ in train (and evaluate) only.
+    shared = with_overrides(dict(base), recipes[0][1] + args.set)
+    (work / "params.yaml").write_text(yaml.safe_dump(shared, sort_keys=False))
+    data, judge = args.data or work / "mnist.npz", args.judge or work / "judge.keras"
+    if not data.is_file():
+        print(f"prepare: {stage('prepare', '--params', str(work / 'params.yaml'), '--out', str(data), '--report', str(work / 'data.json'), env=env):.0f} s", flush=True)
+    if not judge.is_file():
+        print(f"judge: {stage('judge', '--params', str(work / 'params.yaml'), '--data', str(data), '--model', str(judge), '--report', str(work / 'judge.json'), env=env):.0f} s", flush=True)
+    for name, sets in recipes:
+        for seed in args.seeds:
+            d = work / f"{name}-seed{seed}"
+            d.mkdir(exist_ok=True)
+            if finished(d / "result.json"):
+                print(f"{name} seed {seed}: done before, kept", flush=True)
+                continue
+            doc = with_overrides(yaml.safe_load(args.params.read_text()), sets + args.set + [f"train.seed={seed}"])
+            (d / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+            t = stage("train", "--params", str(d / "params.yaml"), "--data", str(data), "--model",
+                      str(d / "generator.keras"), "--reports", str(d / "train"), "--checkpoints", str(d / "ckpt"),
+                      "--run-file", str(d / "run.json"), env=env)
+            e = stage("evaluate", "--params", str(d / "params.yaml"), "--generator", str(d / "generator.keras"),
+                      "--data", str(data), "--judge", str(judge), "--out", str(d / "eval"),
+                      "--training-run", str(d / "run.json"), "--run-file", str(d / "result.json"), env=env)
+            m = json.loads((d / "eval/metrics.json").read_text())
+            print(f"{name} seed {seed}: train {t:.0f} s, evaluate {e:.0f} s, modes {m['modes_covered']}, "
+                  f"KL {m['class_kl']:.3f}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), help="recipes/<name>.yaml, one method each")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="like dvc exp run -S, after the recipe's")
+    ap.add_argument("--data", type=Path, help="prepared data to reuse (default: prepare it in the work folder)")
+    ap.add_argument("--judge", type=Path, help="a judge to reuse (default: train it in the work folder)")
+    ap.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
+    ap.add_argument("--tracking-uri", help="the MLflow store (default: <work>/mlflow.db)")
+    ap.add_argument("--table-only", action="store_true", help="print the table from the store's runs; run nothing")
+    args = ap.parse_args(argv)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="stacked-"))
+    work.mkdir(parents=True, exist_ok=True)
+    uri = args.tracking_uri or f"sqlite:///{work.resolve() / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT), "DVC_ROOT": str(work.resolve())}
+    t0 = time.perf_counter()
+    if not args.table_only:
+        run_all(args, work, env)
+        print(f"\nruns made on {cpu_model()} in {time.perf_counter() - t0:.0f} s; work: {work}")
+    runs = stacked_runs()
+    if not runs:
+        raise SystemExit(f"no FINISHED Stacked MNIST result runs in {uri}")
+    print(f"\n{len(runs)} result runs with prepare.dataset = stacked in the MLflow store\n")
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()

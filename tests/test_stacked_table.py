@@ -1,0 +1,79 @@
+"""bench/stacked.py's table from real MLflow result runs (a sqlite store): one row
+per method and budget with the seeds' mean and spread, runs of other datasets left
+out, the papers' rows beside, and each run's wall time read off its MLflow record."""
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import tracking
+from tests.test_compare import use_store
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench import stacked  # noqa: E402
+
+
+def make_run(arch: str, pack: int, seed: int, modes: int, kl: float, dataset: str = "stacked") -> str:
+    params = {"train.arch": arch, "train.loss": "bce", "train.pack": pack, "train.seed": seed,
+              "train.steps": 1000, "train.batch_size": 64, "prepare.dataset": dataset,
+              "prepare.stacked_train": 128000, "evaluate.num_samples": 26000}
+    with tracking.training_run(params) as run:
+        run.log_metrics([("d_loss", 1.0, step) for step in (1, 2)])
+        training = {"run_id": run.run_id, "params": params}
+    with tracking.result_run(training, params) as res:
+        res.log_metrics([("modes_covered", modes, 0), ("class_kl", kl, 0)])
+    return res.run_id
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        use_store(mp, tmp_path_factory.mktemp("stacked") / "mlflow.db")
+        for seed, modes, kl in ((0, 10, 5.5), (1, 30, 4.5), (2, 20, 5.0)):
+            make_run("dcgan_paper", 1, seed, modes, kl)
+        for seed, modes, kl in ((0, 700, 1.2), (1, 800, 1.0)):
+            make_run("dcgan_paper", 2, seed, modes, kl)
+        make_run("mlp", 1, 0, 10, 0.01, dataset="mnist")  # not a Stacked MNIST run
+        found = stacked.stacked_runs()
+        yield found, stacked.table(found)
+
+
+def test_only_stacked_result_runs_make_rows(runs):
+    found, _ = runs
+    assert len(found) == 5 and all(r["params"]["prepare.dataset"] == "stacked" for r in found)
+
+
+def test_one_row_per_method_with_the_seeds_mean_and_spread(runs):
+    _, text = runs
+    rows = [line for line in text.splitlines() if "| this project |" in line]
+    assert len(rows) == 2
+    dcgan = next(r for r in rows if r.startswith("| DCGAN |"))
+    pac = next(r for r in rows if r.startswith("| PacDCGAN2 |"))
+    assert f"{statistics.mean([10, 30, 20]):.1f} ± {statistics.stdev([10, 30, 20]):.1f}" in dcgan
+    assert "| 10 / 30 / 20 |" in dcgan and "| 0, 1, 2 |" in dcgan
+    assert f"{statistics.mean([1.2, 1.0]):.3f} ± {statistics.stdev([1.2, 1.0]):.3f}" in pac
+    assert "1000 steps × 64 (0.5 epochs of 128,000); 26,000 samples" in pac
+
+
+def test_the_papers_rows_stand_beside_ours(runs):
+    _, text = runs
+    assert "| PacDCGAN2 | PacGAN | the papers' | – | 1000 | 0.06 |" in text
+    assert "| DCGAN | VEEGAN, PacGAN | the papers' | – | 99 | 3.40 |" in text
+
+
+def test_wall_times_come_from_the_runs_record(runs):
+    found, _ = runs
+    for r in found:
+        train_s, eval_s = stacked.timings(r)
+        assert train_s is not None and eval_s is not None and train_s >= 0 and eval_s >= 0
+        assert (r["end_time"] - r["start_time"]) / 1000 == pytest.approx(train_s + eval_s)
+
+
+def test_method_names_follow_the_papers():
+    assert stacked.method({"train.arch": "dcgan_paper", "train.loss": "bce", "train.pack": "1"}) == "DCGAN"
+    assert stacked.method({"train.arch": "dcgan_paper", "train.loss": "bce", "train.pack": "3"}) == "PacDCGAN3"
+    assert stacked.method({"train.arch": "dcgan", "train.loss": "wgan-gp", "train.pack": "1"}) == "dcgan (wgan-gp)"
