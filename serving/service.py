@@ -76,6 +76,9 @@ except selection.NoChampion as exc:
 MODEL = bentoml.models.BentoModel(MODEL_TAG)
 TAG, MODEL_PATH, CARD = _load_card(MODEL)
 Z_DIM = int(CARD["z_dim"])
+# (28, 28) digits; (28, 28, 3) for a generator of Stacked MNIST's three stacked digits.
+_SHAPE = tuple(int(d) for d in CARD.get("output", {}).get("shape", [None, 28, 28, 1])[1:])
+IMAGE_SHAPE = _SHAPE[:-1] if _SHAPE[-1] == 1 else _SHAPE
 
 
 def _lengths_ok(field: str):
@@ -109,7 +112,7 @@ def ZVector(field: str):
 
 
 def _png(img: np.ndarray, scale: int = 1) -> Image.Image:
-    """Floats in [0, 1] (h, w) to a grayscale image, upscaled nearest-neighbour."""
+    """Floats in [0, 1] (h, w) to a grayscale image, (h, w, 3) to an RGB one, upscaled nearest-neighbour."""
     pixels = np.rint(img * 255).astype(np.uint8)
     if scale > 1:
         pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
@@ -117,13 +120,13 @@ def _png(img: np.ndarray, scale: int = 1) -> Image.Image:
 
 
 def grid(images: np.ndarray) -> np.ndarray:
-    """(n, 28, 28) to one image, ceil(sqrt(n)) columns, empty tiles black."""
-    n = len(images)
+    """(n, h, w[, c]) to one image, ceil(sqrt(n)) columns, empty tiles black."""
+    n, h, w, *c = images.shape
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    tiles = np.zeros((rows * cols, 28, 28), images.dtype)
+    tiles = np.zeros((rows * cols, *images.shape[1:]), images.dtype)
     tiles[:n] = images
-    return tiles.reshape(rows, cols, 28, 28).transpose(0, 2, 1, 3).reshape(rows * 28, cols * 28)
+    return tiles.reshape(rows, cols, h, w, *c).swapaxes(1, 2).reshape(rows * h, cols * w, *c)
 
 
 def path_between(a: np.ndarray, b: np.ndarray, steps: int, method: str) -> np.ndarray:
@@ -173,13 +176,14 @@ class Generator:
         self.model.serve(np.zeros((1, Z_DIM), np.float32))
 
     def _infer(self, z: np.ndarray) -> np.ndarray:
-        """(n, z_dim) float32 to images (n, 28, 28) in [0, 1]."""
-        out = self.model.serve(np.ascontiguousarray(z, np.float32)).numpy().reshape(len(z), 28, 28)
+        """(n, z_dim) float32 to images (n, *IMAGE_SHAPE) in [0, 1]."""
+        out = self.model.serve(np.ascontiguousarray(z, np.float32)).numpy().reshape(len(z), *IMAGE_SHAPE)
         return np.clip((out - self.low) / (self.high - self.low), 0.0, 1.0)
 
     @bentoml.api(batchable=True, max_batch_size=INFER_BATCH, max_latency_ms=20_000)
     def generate(self, z: ZBatch) -> Annotated[np.ndarray, ContentType("application/json")]:
-        """Images for a batch of z-vectors, as floats in [0, 1] of shape (n, 28, 28):
+        """Images for a batch of z-vectors, as floats in [0, 1] of shape (n, 28, 28), or
+        (n, 28, 28, 3) from a three-channel (Stacked MNIST) generator:
         JSON, or with `Accept: application/x-npy` one float32 array in NumPy's .npy format.
 
         Concurrent requests are batched together (adaptive batching)."""
@@ -187,7 +191,8 @@ class Generator:
 
     @bentoml.api
     def render(self, z: ZVector("z"), scale: Annotated[int, Field(strict=True, ge=1, le=16)] = 1) -> Image.Image:
-        """One z-vector as a grayscale PNG, 28*scale pixels square, nearest-neighbour."""
+        """One z-vector as a PNG (grayscale; RGB from a three-channel generator), 28*scale
+        pixels square, nearest-neighbour."""
         return _png(self._infer(np.asarray([z]))[0], scale)
 
     @bentoml.api

@@ -103,8 +103,8 @@ from pipeline.export import export_saved_model, model_card, save_to_bentoml
 from pipeline.models import build_generator
 from pipeline.params import TrainParams
 
-arch, z_dim, extra = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-gen = build_generator(TrainParams(arch=arch, z_dim=z_dim))
+arch, z_dim, channels, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+gen = build_generator(TrainParams(arch=arch, z_dim=z_dim), channels)
 tmp = Path(tempfile.mkdtemp())
 export_saved_model(gen, tmp / "generator")
 card = model_card(gen, {"run_id": "test-run"}, {"diversity_ratio": 0.9}, {"data_sha256": "0" * 64},
@@ -118,7 +118,7 @@ print(save_to_bentoml(tmp / "generator", card))
 """
 
 
-def store_generator(env: dict[str, str], arch: str = "mlp", z_dim: int = 100, **card) -> str:
+def store_generator(env: dict[str, str], arch: str = "mlp", z_dim: int = 100, channels: int = 1, **card) -> str:
     """An untrained generator exported and saved to the BentoML store that
     `env` names (BENTOML_HOME), in a subprocess so this process's bentoml
     keeps its own home. `card` overrides model-card keys (None removes one).
@@ -126,7 +126,7 @@ def store_generator(env: dict[str, str], arch: str = "mlp", z_dim: int = 100, **
     import json
 
     env = dict(env, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", _STORE_SCRIPT, arch, str(z_dim), json.dumps(card)],
+    proc = subprocess.run([sys.executable, "-c", _STORE_SCRIPT, arch, str(z_dim), str(channels), json.dumps(card)],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])

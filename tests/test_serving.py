@@ -369,6 +369,39 @@ def test_z_dim_64_served_from_the_card_alone(home):
         served.stop()
 
 
+def test_a_three_channel_generator_draws_rgb(home):
+    """A Stacked MNIST generator (28 x 28 x 3, the card says so): every endpoint answers
+    in three channels, the same numbers as in-process inference."""
+    import tensorflow as tf
+
+    tmp, env, _ = home
+    tag = store_generator(env, "dcgan_paper", Z_DIM, channels=3)
+    name, version = tag.split(":")
+    model = tf.saved_model.load(str(tmp / "bentoml/models" / name / version / "saved_model"))
+    served = Served(tmp, dict(env, MNIST_GAN_MODEL=tag))
+    try:
+        served.wait_ready()
+        assert requests.get(f"{served.url}/info", timeout=10).json()["output"]["shape"] == [None, 28, 28, 3]
+        z = z_of(3, 2)
+        r = post(served, "/generate", {"z": z})
+        assert r.status_code == 200
+        want = np.clip((model.serve(np.asarray(z, np.float32)).numpy() + 1) / 2, 0, 1)
+        np.testing.assert_allclose(np.asarray(r.json()), want, atol=1e-5)
+        r = post(served, "/generate", {"z": z}, headers={"Accept": "application/x-npy"})
+        assert r.status_code == 200 and np.load(io.BytesIO(r.content)).shape == (2, 28, 28, 3)
+        for path, body, shape in (("/render", {"z": z[0], "scale": 2}, (56, 56, 3)),
+                                  ("/sample", {"n": 5, "seed": 1}, (56, 84, 3)),
+                                  ("/interpolate", {"z_start": z[0], "z_end": z[1], "steps": 3}, (28, 84, 3))):
+            r = post(served, path, body)
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png", (path, r.text)
+            img = Image.open(io.BytesIO(r.content))
+            assert img.mode == "RGB" and np.asarray(img).shape == shape, path
+        rendered = np.asarray(Image.open(io.BytesIO(post(served, "/render", {"z": z[0]}).content)))
+        np.testing.assert_array_equal(rendered, np.rint(want[0] * 255).astype(np.uint8))
+    finally:
+        served.stop()
+
+
 def chromium() -> str | None:
     return next(filter(None, (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))), None)
 
