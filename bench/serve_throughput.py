@@ -163,8 +163,41 @@ async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float, 
             "n": len(latencies), "errors": errors}
 
 
+WRK_SCRIPT = """
+local bodies = {%s}
+local headers = {["Content-Type"] = "application/json", ["Accept"] = "%s"}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("POST", nil, headers, bodies[i %% #bodies + 1])
+end
+"""
+
+
+def _wrk_ms(text: str) -> float:
+    value, unit = float(text.rstrip("unms")), text.lstrip("0123456789.")
+    return value * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def load_wrk(url: str, bodies: list[bytes], concurrency: int, seconds: float, accept: str = MODES["json"]) -> dict:
+    """The same load from wrk (one C thread, `concurrency` connections), a client that
+    leaves more of the shared cores to the server than Python's asyncio does."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT % (", ".join(f"[=[{b.decode()}]=]" for b in bodies), accept))
+    try:
+        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", f.name, url],
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    done = int(next(line.split()[0] for line in out.splitlines() if "requests in" in line))
+    errors = int(lines["Non-2xx"][-1]) if "Non-2xx" in lines else 0
+    return {"rps": float(lines["Requests/sec:"][1]), "p50": _wrk_ms(lines["50%"][1]) / 1e3,
+            "p99": _wrk_ms(lines["99%"][1]) / 1e3, "n": done, "errors": errors}
+
+
 def bench(targets: dict[str, tuple[str, list[bytes], str]], bound, seconds: float,
-          repeat: int) -> tuple[float, dict[tuple, dict]]:
+          repeat: int, client: str = "aiohttp") -> tuple[float, dict[tuple, dict]]:
     """Rounds of (bound, then each concurrency level over every target), so that load
     from other processes drifts over all alike; ratios are taken within a round.
     `targets`: name -> (URL, request bodies, Accept)."""
@@ -177,7 +210,8 @@ def bench(targets: dict[str, tuple[str, list[bytes], str]], bound, seconds: floa
         bounds.append(bound(2.0))
         for c in LEVELS:
             for name, (url, bodies, accept) in targets.items():
-                r = asyncio.run(load(url, bodies, c, seconds, accept))
+                r = (load_wrk(url, bodies, c, seconds, accept) if client == "wrk"
+                     else asyncio.run(load(url, bodies, c, seconds, accept)))
                 r["ratio"] = r["rps"] / bounds[-1]
                 rounds[name, c].append(r)
             for name in targets:
@@ -205,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--z-dim", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=6.0, help="per round and concurrency level")
     ap.add_argument("--repeat", type=int, default=3, help="rounds; figures are medians")
+    ap.add_argument("--client", choices=["aiohttp", "wrk"], default="aiohttp",
+                    help="the load generator for every server (wrk: Debian's wrk, a C client)")
     args = ap.parse_args(argv)
     archs = args.arch or ["dcgan", "mlp"]
 
@@ -214,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env = dict(os.environ, PYTHONPATH=str(ROOT), BENTOML_DO_NOT_TRACK="true")
     sys.path.insert(0, str(ROOT))
-    print(f"cpus {os.cpu_count()}; z_dim {args.z_dim}; {args.repeat} rounds of {args.seconds:g}s; "
+    print(f"cpus {os.cpu_count()}; client {args.client}; z_dim {args.z_dim}; {args.repeat} rounds of {args.seconds:g}s; "
           f"service workers {env.get('MNIST_GAN_WORKERS', 1)}, TF threads per op "
           f"{env.get('MNIST_GAN_TF_THREADS', 'auto')} (0 = TF default; auto: 1 for the MLP, 0 for the conv nets), BentoML batching hold "
           f"{'on' if env.get('MNIST_GAN_BATCH_HOLD') == '1' else 'off'}; medians")
@@ -245,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
                 "no-op ceiling": (f"{plain_url}/noop", plain_body, MODES["json"]),
                 "no-op guarded": (f"{guarded_url}/noop", plain_body, MODES["json"]),
             }
-            bound_rate, results = bench(targets, bound, args.seconds, args.repeat)
+            bound_rate, results = bench(targets, bound, args.seconds, args.repeat, args.client)
         finally:
             for proc in servers:
                 os.killpg(proc.pid, 15)
