@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -243,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="the load generator for every server (wrk: Debian's wrk, a C client)")
     args = ap.parse_args(argv)
     archs = args.arch or ["dcgan", "mlp"]
+    if args.client == "wrk" and shutil.which("wrk") is None:
+        raise SystemExit("--client wrk needs wrk on PATH (Debian: apt-get install wrk)")
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     # Before bentoml is imported: the store lives in the temp folder.
