@@ -64,6 +64,30 @@ def stage(module: str, *args: str, env: dict) -> float:
     return time.perf_counter() - t0
 
 
+def shared_stages(work: Path, data: Path, judge: Path, env: dict) -> None:
+    """prepare and judge on `work/params.yaml`, each unless its output is there already."""
+    if not data.is_file():
+        t = stage("prepare", "--params", str(work / "params.yaml"), "--out", str(data), "--report",
+                  str(work / "data.json"), env=env)
+        print(f"prepare: {t:.0f} s", flush=True)
+    if not judge.is_file():
+        t = stage("judge", "--params", str(work / "params.yaml"), "--data", str(data), "--model", str(judge),
+                  "--report", str(work / "judge.json"), env=env)
+        print(f"judge: {t:.0f} s", flush=True)
+
+
+def train_and_evaluate(d: Path, data: Path, judge: Path, env: dict) -> tuple[float, float, dict]:
+    """train and evaluate on `d/params.yaml`, the two as one MLflow result run (its record in
+    `d/result.json`); returns their seconds and the metrics."""
+    t = stage("train", "--params", str(d / "params.yaml"), "--data", str(data), "--model",
+              str(d / "generator.keras"), "--reports", str(d / "train"), "--checkpoints", str(d / "ckpt"),
+              "--run-file", str(d / "run.json"), env=env)
+    e = stage("evaluate", "--params", str(d / "params.yaml"), "--generator", str(d / "generator.keras"),
+              "--data", str(data), "--judge", str(judge), "--out", str(d / "eval"),
+              "--training-run", str(d / "run.json"), "--run-file", str(d / "result.json"), env=env)
+    return t, e, json.loads((d / "eval/metrics.json").read_text())
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
@@ -84,24 +108,14 @@ def main(argv: list[str] | None = None) -> None:
     base = with_overrides(yaml.safe_load(args.params.read_text()), args.set)
     (work / "params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     data, judge = args.data or work / "mnist.npz", args.judge or work / "judge.keras"
-    if args.data is None:
-        stage("prepare", "--params", str(work / "params.yaml"), "--out", str(data), "--report",
-              str(work / "data.json"), env=env)
-    if args.judge is None:
-        stage("judge", "--params", str(work / "params.yaml"), "--data", str(data), "--model", str(judge),
-              "--report", str(work / "judge.json"), env=env)
+    shared_stages(work, data, judge, env)
 
     rows = []
     for seed in args.seeds:
         d = work / f"seed{seed}"
         d.mkdir(exist_ok=True)
         (d / "params.yaml").write_text(yaml.safe_dump(with_overrides(base, [f"train.seed={seed}"]), sort_keys=False))
-        seconds = stage("train", "--params", str(d / "params.yaml"), "--data", str(data), "--model",
-                        str(d / "generator.keras"), "--reports", str(d / "train"), "--checkpoints", str(d / "ckpt"),
-                        "--run-file", str(d / "run.json"), env=env)
-        stage("evaluate", "--params", str(d / "params.yaml"), "--generator", str(d / "generator.keras"),
-              "--data", str(data), "--judge", str(judge), "--out", str(d / "eval"), env=env)
-        m = json.loads((d / "eval/metrics.json").read_text())
+        seconds, _, m = train_and_evaluate(d, data, judge, env)
         row = {"seed": seed, "train_s": seconds, **{k: m[k] for k in COLUMNS[1:]}}
         rows.append(row)
         print(f"seed {seed}: " + ", ".join(f"{k}={row[k]:.4g}" for k in COLUMNS), flush=True)

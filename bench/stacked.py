@@ -33,7 +33,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.seeds import cpu_model, stage, with_overrides  # noqa: E402
+from bench.seeds import cpu_model, shared_stages, train_and_evaluate, with_overrides  # noqa: E402
 from ops.recipe import overrides as recipe_overrides  # noqa: E402
 
 RECIPES = ("dcgan_paper_stacked", "dcgan_paper_pac2")
@@ -94,18 +94,13 @@ def table(runs: list[dict]) -> str:
         modes = [r["metrics"]["modes_covered"] for r in rs]
         kls = [r["metrics"]["class_kl"] for r in rs]
         times = [timings(r) for r in rs]
-        train_s = [t for t, _ in times if t is not None]
-        eval_s = [e for _, e in times if e is not None]
-        epochs = steps * batch / n_train
+        train_s, eval_s = ([t[i] for t in times if t[i] is not None] for i in (0, 1))
+        medians = [f"{statistics.median(xs):.0f}" if xs else "–" for xs in (train_s, eval_s)]
         lines.append(
-            f"| {name} | this project | {steps} steps × {batch} ({epochs:.2g} epochs of {n_train:,}); "
-            f"{n_samples:,} samples | {', '.join(r['params']['train.seed'] for r in rs)} "
+            f"| {name} | this project | {steps} steps × {batch} ({steps * batch / n_train:.2g} epochs of "
+            f"{n_train:,}); {n_samples:,} samples | {', '.join(r['params']['train.seed'] for r in rs)} "
             f"| {mean_std(modes, 1)} | {mean_std(kls, 3)} | {' / '.join(str(int(m)) for m in modes)} "
-            f"| {statistics.median(train_s):.0f} | {statistics.median(eval_s):.0f} |"
-            if train_s and eval_s else
-            f"| {name} | this project | {steps} steps × {batch}; {n_samples:,} samples "
-            f"| {len(rs)} | {mean_std(modes, 1)} | {mean_std(kls, 3)} | {' / '.join(str(int(m)) for m in modes)} "
-            f"| – | – |")
+            f"| {' | '.join(medians)} |")
     for name, modes, kl, source in PAPERS:
         lines.append(f"| {name} | {source} | the papers' | – | {modes:g} | {kl:.2f} | – | – | – |")
     return "\n".join(lines) + "\n"
@@ -118,42 +113,28 @@ def stacked_runs() -> list[dict]:
             and "modes_covered" in r["metrics"]]
 
 
-def finished(run_file: Path) -> bool:
+def run_all(args, work: Path, env: dict) -> None:
     from pipeline import tracking
 
-    if not run_file.is_file():
-        return False
-    run_id = json.loads(run_file.read_text())["run_id"]
-    return any(r["run_id"] == run_id for r in tracking.result_runs())
-
-
-def run_all(args, work: Path, env: dict) -> None:
-    base = yaml.safe_load(args.params.read_text())
     recipes = [(name, recipe_overrides(ROOT / "recipes" / f"{name}.yaml")) for name in args.recipes]
+
+    def params_with(sets: list[str]) -> str:
+        return yaml.safe_dump(with_overrides(yaml.safe_load(args.params.read_text()), sets), sort_keys=False)
+
     # Prepare and judge once: the recipes differ in train (and evaluate) only.
-    shared = with_overrides(dict(base), recipes[0][1] + args.set)
-    (work / "params.yaml").write_text(yaml.safe_dump(shared, sort_keys=False))
+    (work / "params.yaml").write_text(params_with(recipes[0][1] + args.set))
     data, judge = args.data or work / "mnist.npz", args.judge or work / "judge.keras"
-    if not data.is_file():
-        print(f"prepare: {stage('prepare', '--params', str(work / 'params.yaml'), '--out', str(data), '--report', str(work / 'data.json'), env=env):.0f} s", flush=True)
-    if not judge.is_file():
-        print(f"judge: {stage('judge', '--params', str(work / 'params.yaml'), '--data', str(data), '--model', str(judge), '--report', str(work / 'judge.json'), env=env):.0f} s", flush=True)
+    shared_stages(work, data, judge, env)
+    done = {r["run_id"] for r in tracking.result_runs()}
     for name, sets in recipes:
         for seed in args.seeds:
             d = work / f"{name}-seed{seed}"
             d.mkdir(exist_ok=True)
-            if finished(d / "result.json"):
+            if (d / "result.json").is_file() and json.loads((d / "result.json").read_text())["run_id"] in done:
                 print(f"{name} seed {seed}: done before, kept", flush=True)
                 continue
-            doc = with_overrides(yaml.safe_load(args.params.read_text()), sets + args.set + [f"train.seed={seed}"])
-            (d / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-            t = stage("train", "--params", str(d / "params.yaml"), "--data", str(data), "--model",
-                      str(d / "generator.keras"), "--reports", str(d / "train"), "--checkpoints", str(d / "ckpt"),
-                      "--run-file", str(d / "run.json"), env=env)
-            e = stage("evaluate", "--params", str(d / "params.yaml"), "--generator", str(d / "generator.keras"),
-                      "--data", str(data), "--judge", str(judge), "--out", str(d / "eval"),
-                      "--training-run", str(d / "run.json"), "--run-file", str(d / "result.json"), env=env)
-            m = json.loads((d / "eval/metrics.json").read_text())
+            (d / "params.yaml").write_text(params_with(sets + args.set + [f"train.seed={seed}"]))
+            t, e, m = train_and_evaluate(d, data, judge, env)
             print(f"{name} seed {seed}: train {t:.0f} s, evaluate {e:.0f} s, modes {m['modes_covered']}, "
                   f"KL {m['class_kl']:.3f}", flush=True)
 

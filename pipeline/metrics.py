@@ -325,13 +325,17 @@ def kid_subsets(f1: np.ndarray, f2: np.ndarray, subsets: int, size: int, seed: i
 PRDC_BLOCK = 1024  # rows of a distance matrix computed at once: memory O(block x n), not O(n^2)
 
 
-def _distances(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
-    """Euclidean distances of a's rows to b's, as |a|^2 + |b|^2 - 2 a.b: one BLAS matrix
-    product on every core instead of scipy's cdist loop on one (README, "Stacked MNIST",
-    has the times), one (len(a), len(b)) array in memory."""
+def _sq_norms(x: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", x, x)
+
+
+def _distances(a: np.ndarray, a_sq: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
+    """Euclidean distances of a's rows to b's from their squared norms, as |a|^2 + |b|^2 - 2 a.b:
+    one BLAS matrix product on every core instead of scipy's cdist loop on one (README,
+    "Stacked MNIST", has the times), one (len(a), len(b)) array in memory."""
     d = a @ b.T
     d *= -2.0
-    d += np.einsum("ij,ij->i", a, a)[:, None]
+    d += a_sq[:, None]
     d += b_sq[None, :]
     np.maximum(d, 0.0, out=d)
     return np.sqrt(d, out=d)
@@ -339,9 +343,9 @@ def _distances(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
 
 def _kth_radius(x: np.ndarray, k: int, block: int) -> np.ndarray:
     """Each point's distance to its k-th nearest other point (column 0 is itself)."""
-    x_sq = np.einsum("ij,ij->i", x, x)
+    sq = _sq_norms(x)
     # copy(): a column view would keep its whole block alive until the end.
-    return np.concatenate([np.partition(_distances(x[i:i + block], x, x_sq), k, axis=1)[:, k].copy()
+    return np.concatenate([np.partition(_distances(x[i:i + block], sq[i:i + block], x, sq), k, axis=1)[:, k].copy()
                            for i in range(0, len(x), block)])
 
 
@@ -351,14 +355,14 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5, block: int = PRDC_BLOCK
     `block` rows at a time, so that 26,000 points need megabytes, not gigabytes;
     the figures are the same for every block size."""
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
-    fake_sq = np.einsum("ij,ij->i", fake, fake)
+    real_sq, fake_sq = _sq_norms(real), _sq_norms(fake)
     r_real, r_fake = _kth_radius(real, k, block), _kth_radius(fake, k, block)
     fake_in_real = np.zeros(len(fake), bool)    # precision: a fake inside some real ball
     balls_per_fake = np.zeros(len(fake), np.int64)  # density
     real_in_fake = np.empty(len(real), bool)    # recall: a real inside some fake ball
     covered = np.empty(len(real), bool)         # coverage: a real ball holding a fake
     for i in range(0, len(real), block):
-        d = _distances(real[i:i + block], fake, fake_sq)
+        d = _distances(real[i:i + block], real_sq[i:i + block], fake, fake_sq)
         inside = d < r_real[i:i + block, None]
         fake_in_real |= inside.any(axis=0)
         balls_per_fake += inside.sum(axis=0)
