@@ -80,8 +80,11 @@ run: install
 	@echo '  curl -s -X POST http://127.0.0.1:$(PORT)/render -H "Content-Type: application/json" \'
 	@echo '       -d "{\"z\": $$(python3 -c "print([0.0] * 100)")}" -o digit.png'
 
+# The test files run on TEST_JOBS processes (pytest-xdist), each file whole on one, so
+# that a module's fixtures (a tiny pipeline run, a grid) are built once.
+TEST_JOBS ?= 2
 test: install-dev system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 # Serves the champion unless MODEL names another (latest, or a BentoML tag); says in
 # one line what it serves and why, or why there is nothing to serve.
