@@ -230,6 +230,8 @@ class Generator:
         return FileResponse(PAGE, media_type="text/html")
 
 
+if untraced := bentoml_private.untraced_routes(Generator):
+    Generator.config["tracing"] = {**Generator.config.get("tracing", {}), "excluded_urls": untraced}
 LIMITS = route_limits(Generator)
 LIMITS_BYTES = body_bounds(LIMITS)
 Generator.add_asgi_middleware(RequestGuard, limits=LIMITS, npy=npy_routes(Generator),

@@ -65,3 +65,28 @@ def test_npy_serializer_reads_json_and_writes_what_np_load_reads():
     got = np.load(io.BytesIO(b"".join(payload.data)), allow_pickle=False)
     assert got.dtype == np.float32 and got.shape == (3, 28, 28)
     np.testing.assert_allclose(got, images, atol=1e-7)
+
+
+def test_api_routes_are_left_out_of_tracing_only_while_no_trace_is_sampled():
+    import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    @bentoml.service
+    class Two:
+        @bentoml.api
+        def first(self, x: int) -> int:
+            return x
+
+        @bentoml.api(route="/second.v2")
+        def second(self, x: int) -> int:
+            return x
+
+    rate = BentoMLContainer.config.tracing.sample_rate
+    before = rate.get()
+    try:
+        rate.set(None)  # BentoML's default: no trace is kept
+        assert batching.untraced_routes(Two) == [r"/first$", r"/second\.v2$"]
+        rate.set(0.25)
+        assert batching.untraced_routes(Two) == []
+    finally:
+        rate.set(before)

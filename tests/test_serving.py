@@ -369,6 +369,32 @@ def test_z_dim_64_served_from_the_card_alone(home):
         served.stop()
 
 
+def test_api_routes_are_traced_only_when_traces_are_sampled(home):
+    """BentoML's default keeps no trace; the service then leaves its API routes out of
+    OpenTelemetry's middleware (their access-log lines carry no trace id, /info's does).
+    With a sample rate they are traced as configured."""
+    tmp, env, tag = home
+    for options, traced in (("", False), ("tracing.sample_rate=1.0", True)):
+        served = Served(tmp, dict(env, MNIST_GAN_MODEL=tag, MNIST_GAN_ACCESS_LOG="1",
+                                  BENTOML_CONFIG_OPTIONS=options))
+        try:
+            served.wait_ready()
+            assert post(served, "/generate", {"z": z_of(4, 1)}).status_code == 200
+            assert post(served, "/render", {"z": z_of(4)}).status_code == 200
+            assert requests.get(f"{served.url}/info", timeout=10).status_code == 200
+            deadline = time.monotonic() + 10
+            while "path=/info" not in served.output() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            lines = {path: [ln for ln in served.output().splitlines() if f"path={path}," in ln]
+                     for path in ("/generate", "/render", "/info")}
+            assert all(len(v) == 1 for v in lines.values()), lines
+            assert "trace=" in lines["/info"][0], lines
+            assert ("trace=" in lines["/generate"][0]) is traced, (options, lines)
+            assert ("trace=" in lines["/render"][0]) is traced, (options, lines)
+        finally:
+            served.stop()
+
+
 def test_a_three_channel_generator_draws_rgb(home):
     """A Stacked MNIST generator (28 x 28 x 3, the card says so): every endpoint answers
     in three channels, the same numbers as in-process inference."""
