@@ -1,8 +1,8 @@
-"""The one place that reaches into BentoML's private code: the batching hold,
-the `.npy` response and the tracing of the API routes. Each reach checks first that the code still has the shape it
-relies on and raises BentoMLChanged, naming what changed, where it does not (a
-BentoML upgrade then fails at start-up and in tests/test_bentoml_private.py, not
-silently).
+"""The one place that reaches into BentoML's private code: the batching hold, the
+`.npy` response and the tracing of the API routes. Each reach checks first that
+the code still has the shape it relies on and raises BentoMLChanged, naming what
+changed, where it does not (a BentoML upgrade then fails at start-up and in
+tests/test_bentoml_private.py, not silently).
 
 **Batching hold.** BentoML's CorkDispatcher (bentoml._internal.marshal.dispatcher) holds a lone
 request for about the average wait of past batches, which its `Optimizer`
@@ -24,11 +24,10 @@ BentoML's: only the answer's encoding differs.
 **Tracing.** BentoML puts OpenTelemetry's ASGI middleware in front of every
 route, whether or not any trace is kept: with `tracing.sample_rate` unset or 0
 (BentoML's default) it still makes a span per request and more per body
-message, which cost about a seventh of the single-z `/generate` rate at
-concurrency 32 (bench/serve_throughput.py). `untraced_routes()` names the
-routes to leave out of tracing (`tracing.excluded_urls`) while no trace is
-sampled; with a sample rate above 0 it names none, and every route is traced
-as configured.
+message, a measurable share of a single-z `/generate` (README, "Speed").
+`untraced_routes()` names the routes to leave out of tracing
+(`tracing.excluded_urls`) while no trace is sampled; with a sample rate above 0
+it names none, and every route is traced as configured.
 """
 from __future__ import annotations
 
