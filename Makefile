@@ -11,9 +11,10 @@ UI_PORT ?= 5000
 MODEL ?= champion
 # The store every stage and `make ui` use (an absolute path, as the queue's copies need).
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
-# make grid: an arch x loss x seed grid of queued experiments, JOBS at a time.
-ARCHS ?= mlp dcgan dcgan_upsample
-LOSSES ?= bce wgan wgan-gp hinge
+# make grid: an arch x loss x seed grid of queued experiments, JOBS at a time; ARCHS and
+# LOSSES default to every registered name (python -m pipeline.archs, python -m pipeline.losses).
+ARCHS ?=
+LOSSES ?=
 SEEDS ?= 42
 JOBS ?= 2
 GRID_SET ?=

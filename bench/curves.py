@@ -35,8 +35,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.seeds import cpu_model, stage, with_overrides  # noqa: E402
+from bench.seeds import cpu_model, stage  # noqa: E402
 from ops.recipe import overrides as recipe_overrides  # noqa: E402
+from pipeline import params  # noqa: E402
 
 COLUMNS = ("step", "train_s", "fcd", "classifier_score_ratio", "precision", "recall", "modes_covered",
            "quality_gate_passed")
@@ -46,7 +47,7 @@ def curve(params_path: Path, data: Path, judge_path: Path, every: int, out: Path
     """Train one candidate, scoring it every `every` steps; a JSON line per point to `out`."""
     import keras
 
-    from pipeline import classifier, data as data_mod, evaluate, images, params, train
+    from pipeline import classifier, data as data_mod, evaluate, images, train
     from pipeline.gan import float32_copy, standing_statistics
 
     p = params.load("train", params_path)
@@ -61,7 +62,7 @@ def curve(params_path: Path, data: Path, judge_path: Path, every: int, out: Path
         t0 = time.perf_counter()
         sampler = standing_statistics(float32_copy(gan.sampler), p.seed)
         gen = evaluate.sample(sampler, ep.num_samples, ep.seed)
-        m = evaluate.score(gen, real, labels, ds.x_train, judge, ep)[0]
+        m = evaluate.score(gen, real, labels, ds.x_train, judge, ep).metrics
         images.save_png(images.grid(gen[:64], cols=8), out.parent / f"samples_{step:06d}.png", scale=2)
         if step == p.steps:
             sampler.save(out.parent / "generator.keras")
@@ -78,7 +79,7 @@ def curve(params_path: Path, data: Path, judge_path: Path, every: int, out: Path
             if step % every == 0 and step < p.steps:
                 score(step)
 
-    train.fit(gan, p, ds.x_train, None, verbose=0, extra_callbacks=[Scorer()])
+    train.fit(gan, p, ds.x_train, verbose=0, extra_callbacks=[Scorer()])
     score(p.steps)
 
 
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, sets in candidates:
         d = work / name
         d.mkdir(exist_ok=True)
-        doc = with_overrides(yaml.safe_load(args.params.read_text()), sets + extra)
+        doc = params.with_sets(yaml.safe_load(args.params.read_text()), sets + extra)
         (d / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         out = d / "curve.jsonl"
         out.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from ops.recipe import overrides as recipe_overrides  # noqa: E402
+from pipeline import params  # noqa: E402
 COLUMNS = ("train_s", "fcd", "classifier_score_ratio", "precision", "recall", "kid", "kid_std", "modes_covered",
            "class_kl", "copying_z", "quality_gate_passed")
 
@@ -41,18 +42,6 @@ def cpu_model() -> str:
         return platform.processor() or "unknown CPU"
     wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return f"{model} ({os.cpu_count()} cores; {' '.join(wanted)})"
-
-
-def with_overrides(doc: dict, sets: list[str]) -> dict:
-    """`-S`-style `section.key.sub=value` overrides (values parsed as YAML)."""
-    for item in sets:
-        key, value = item.split("=", 1)
-        *path, last = key.split(".")
-        node = doc
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
-    return doc
 
 
 def stage(module: str, *args: str, env: dict) -> float:
@@ -105,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": str(ROOT), "DVC_ROOT": str(work)}
-    base = with_overrides(yaml.safe_load(args.params.read_text()), args.set)
+    base = params.with_sets(yaml.safe_load(args.params.read_text()), args.set)
     (work / "params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     data, judge = args.data or work / "mnist.npz", args.judge or work / "judge.keras"
     shared_stages(work, data, judge, env)
@@ -114,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         d = work / f"seed{seed}"
         d.mkdir(exist_ok=True)
-        (d / "params.yaml").write_text(yaml.safe_dump(with_overrides(base, [f"train.seed={seed}"]), sort_keys=False))
+        (d / "params.yaml").write_text(yaml.safe_dump(params.with_sets(base, [f"train.seed={seed}"]), sort_keys=False))
         seconds, _, m = train_and_evaluate(d, data, judge, env)
         row = {"seed": seed, "train_s": seconds, **{k: m[k] for k in COLUMNS[1:]}}
         rows.append(row)

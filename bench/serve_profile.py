@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from pipeline import archs  # noqa: E402
 
 # (layer, substrings of a frame's file); the first layer a sample's innermost matching frame names.
 LAYERS = (
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     import serve_throughput as st
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", choices=["dcgan", "mlp"], default="dcgan")
+    ap.add_argument("--arch", choices=archs.NAMES, default="dcgan")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--accept", default="application/json", choices=sorted(st.MODES.values()))
     ap.add_argument("--seconds", type=float, default=12.0)

@@ -36,15 +36,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pipeline import archs  # noqa: E402
+
 LEVELS = (1, 8, 32)
 BOUND_BATCH = 64
 
 
 def build(arch: str, z_dim: int):
+    from pipeline import params
     from pipeline.models import build_generator
-    from pipeline.params import TrainParams
 
-    return build_generator(TrainParams(arch=arch, z_dim=z_dim))
+    return build_generator(params.load("train", ROOT / "params.yaml",
+                                       {"arch": arch, "z_dim": z_dim}))
 
 
 def store(arch: str, z_dim: int, tmp: Path) -> tuple[str, Path]:
@@ -235,7 +239,7 @@ def z_bodies(z_dim: int, key: str) -> list[bytes]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", choices=["dcgan", "mlp"], action="append",
+    ap.add_argument("--arch", choices=archs.NAMES, action="append",
                     help="generator(s) to measure; default: dcgan and mlp")
     ap.add_argument("--z-dim", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=6.0, help="per round and concurrency level")

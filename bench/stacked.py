@@ -33,8 +33,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.seeds import cpu_model, shared_stages, train_and_evaluate, with_overrides  # noqa: E402
+from bench.seeds import cpu_model, shared_stages, train_and_evaluate  # noqa: E402
 from ops.recipe import overrides as recipe_overrides  # noqa: E402
+from pipeline import params  # noqa: E402
 
 RECIPES = ("dcgan_paper_stacked", "dcgan_paper_pac2")
 # As VEEGAN (Srivastava et al. 2017, table 2) and PacGAN (Lin et al. 2018, table 3)
@@ -119,7 +120,7 @@ def run_all(args, work: Path, env: dict) -> None:
     recipes = [(name, recipe_overrides(ROOT / "recipes" / f"{name}.yaml")) for name in args.recipes]
 
     def params_with(sets: list[str]) -> str:
-        return yaml.safe_dump(with_overrides(yaml.safe_load(args.params.read_text()), sets), sort_keys=False)
+        return yaml.safe_dump(params.with_sets(yaml.safe_load(args.params.read_text()), sets), sort_keys=False)
 
     # Prepare and judge once: the recipes differ in train (and evaluate) only.
     (work / "params.yaml").write_text(params_with(recipes[0][1] + args.set))

@@ -4,22 +4,23 @@ loop (`predict` + `train_on_batch` in Python: seed 004's for the MLP, seed
 measured in one run (each loop in its own process); also FLOPs per image and
 achieved GFLOP/s next to a large matmul's rate.
 
-    python bench/train_throughput.py [--archs mlp dcgan dcgan_upsample] [--batch-sizes 32 64 256]
-                                     [--steps 20] [--repeats 3] [--processes 3]
+    python bench/train_throughput.py [--archs mlp dcgan ...] [--batch-sizes 64 256]
+                                     [--seconds 2] [--repeats 3] [--processes 3]
 
 Our loop runs in both precisions (`train.precision` float32 and bfloat16,
 Keras' mixed_bfloat16), side by side; the seed-style loop in float32, as the
 seeds ran. The `ratio` is ours in float32 against it.
 
-Without --batch-sizes the MLP runs at seed 004's batch (32), 64 and the
-pipeline's (256), the conv nets at 64. `ceiling` is the ratio a step running
+Without --archs every registered arch runs (pipeline.archs); without
+--batch-sizes each runs at 64 and at params.yaml's batch. Each timed window is
+about --seconds long (its steps set from a warm-up step's time), so fast and
+slow archs are timed alike. `ceiling` is the ratio a step running
 at the large matmul's rate would reach: where the seed-style loop is itself
 mostly compute (large batches), no loop can be 5x faster on that machine.
 
 Each loop runs in --processes fresh processes, alternating with the other
-loop, and the median over them is printed: on this 2-core machine a process
-now and then ran its convolutions at half speed throughout (DCGAN 63 against
-126 images/s, CPU 117% against 170%), so one process per loop is not enough.
+loop, and the median over them is printed: a process now and then runs its
+convolutions at half speed throughout, so one process per loop is not enough.
 """
 from __future__ import annotations
 
@@ -30,10 +31,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline import params, train  # noqa: E402  (first: it sets TensorFlow's environment, oneDNN on, before TF loads)
+from pipeline import archs, params, train  # noqa: E402  (first: it sets TensorFlow's environment, oneDNN on, before TF loads)
 from pipeline.models import build_discriminator, build_generator  # noqa: E402
 
 import keras  # noqa: E402,I001
@@ -77,11 +81,15 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
-def ours(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -> float:
-    """The median rate over `repeats` windows of `steps` steps inside one fit(), after 3 steps
-    of tracing. Timed between steps: the loop is what a training run repeats, while a fit()
-    call's start and end happen once per run (its iterator's teardown had waited up to 0.6 s
-    for tf.data's autotune thread, before `train.dataset` turned autotuning off)."""
+def window(step_seconds: float, seconds: float) -> int:
+    """Steps in a timed window of about `seconds`."""
+    return max(1, round(seconds / max(step_seconds, 1e-6)))
+
+
+def ours(p: params.TrainParams, x: np.ndarray, seconds: float, repeats: int) -> float:
+    """The median rate over `repeats` windows of about `seconds` inside one fit(), after 3
+    steps of tracing and 3 that size the windows. Timed between steps: the loop is what a
+    training run repeats, while a fit() call's start and end happen once per run."""
     gan = train.build(p)
     ds = train.dataset(x, p.batch_size, p.seed)
     marks: list[float] = []
@@ -90,14 +98,16 @@ def ours(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -> floa
         def on_train_batch_end(self, batch, logs=None):
             marks.append(time.perf_counter())
 
-    warm = 3
-    gan.fit(ds, epochs=1, steps_per_epoch=warm + steps * repeats, verbose=0, shuffle=False, callbacks=[Clock()])
-    rates = [steps * p.batch_size / (marks[warm - 1 + (i + 1) * steps] - marks[warm - 1 + i * steps])
-             for i in range(repeats)]
+    warm = 6
+    gan.fit(ds, epochs=1, steps_per_epoch=warm, verbose=0, shuffle=False, callbacks=[Clock()])
+    steps = window((marks[-1] - marks[2]) / 3, seconds)
+    marks.clear()
+    gan.fit(ds, epochs=1, steps_per_epoch=1 + steps * repeats, verbose=0, shuffle=False, callbacks=[Clock()])
+    rates = [steps * p.batch_size / (marks[(i + 1) * steps] - marks[i * steps]) for i in range(repeats)]
     return statistics.median(rates)
 
 
-def seed_style(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -> float:
+def seed_style(p: params.TrainParams, x: np.ndarray, seconds: float, repeats: int) -> float:
     """The seeds' loop with this project's images per step (n real and n generated
     for D, n for G): seed 004 (the MLP) trains D on the real and generated
     images concatenated, seed 002 (the conv nets) on each in turn."""
@@ -132,6 +142,10 @@ def seed_style(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -
     combined.train_on_batch(rng.standard_normal((n, p.z_dim)).astype(np.float32), ones)
     for _ in range(3):
         step()
+    t = time.perf_counter()
+    for _ in range(3):
+        step()
+    steps = window((time.perf_counter() - t) / 3, seconds)
     rates = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -141,49 +155,43 @@ def seed_style(p: params.TrainParams, x: np.ndarray, steps: int, repeats: int) -
     return statistics.median(rates)
 
 
-# Batch sizes when --batch-sizes is not given: the MLP at seed 004's 32, at 64
-# and at the pipeline's 256; the conv nets (a second or more per step) at 64.
-BATCHES = {"mlp": [32, 64, 256], "dcgan": [64], "dcgan_upsample": [64]}
-
-
-def window_steps(arch: str, batch: int, steps: int) -> int:
-    """Steps per timed window: `steps` x 64 images (x 10 for the fast MLP)."""
-    return max(1, steps * (10 if arch == "mlp" else 1) * 64 // batch)
+def repo_params(**changes) -> params.TrainParams:
+    return params.load("train", ROOT / "params.yaml", changes)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archs", nargs="+", default=["mlp", "dcgan", "dcgan_upsample"])
-    ap.add_argument("--steps", type=int, default=20, help="steps of 64 images per timed window (x10 for the MLP)")
+    ap.add_argument("--archs", nargs="+", choices=archs.NAMES, default=list(archs.NAMES))
+    ap.add_argument("--seconds", type=float, default=2.0, help="length of a timed window")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch-sizes", nargs="+", type=int, help="default: " + str(BATCHES))
+    ap.add_argument("--batch-sizes", nargs="+", type=int, help="default: 64 and params.yaml's train.batch_size")
     ap.add_argument("--processes", type=int, default=3, help="fresh processes per loop; the median is printed")
     ap.add_argument("--child", choices=["float32", "bfloat16", "seed"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:  # one measurement in a fresh process; prints img/s and the matmul rate
         x = np.random.default_rng(0).integers(0, 256, (4096, 28, 28), dtype=np.uint8)
-        p = params.TrainParams(arch=args.archs[0], batch_size=args.batch_sizes[0],
-                               precision="float32" if args.child == "seed" else args.child)
-        steps = window_steps(p.arch, p.batch_size, args.steps)
-        rate = (seed_style if args.child == "seed" else ours)(p, x, steps, args.repeats)
+        p = repo_params(arch=args.archs[0], d_arch=None, batch_size=args.batch_sizes[0],
+                        precision="float32" if args.child == "seed" else args.child)
+        rate = (seed_style if args.child == "seed" else ours)(p, x, args.seconds, args.repeats)
         print(json.dumps({"rate": rate, "peak": matmul_gflops()}))
         return
     # Each loop runs in its own process: an XLA-compiled step left the next model's
-    # conv steps in the same process twice as slow (dcgan 63 -> 31 img/s).
+    # conv steps in the same process slower.
     print(f"{'arch':16}{'batch':>6}{'ours img/s':>12}{'bf16 img/s':>12}{'bf16/f32':>9}{'seed-style img/s':>18}"
           f"{'ratio':>8}{'ceiling':>9}{'MFLOP/img':>11}{'GFLOP/s':>9}{'of matmul':>11}{'matmul GFLOP/s':>16}"
           f"  ours f32 / bf16 / seed-style per process", flush=True)
     sides = ("float32", "bfloat16", "seed")
+    batches = args.batch_sizes or sorted({64, repo_params().batch_size})
     for arch in args.archs:
-        for batch in args.batch_sizes or BATCHES[arch]:
+        for batch in batches:
             run = {side: [] for side in sides}
             for _ in range(args.processes):
                 for side in sides:
-                    out = subprocess.run([sys.executable, __file__, "--child", side, "--archs", arch, "--steps",
-                                          str(args.steps), "--repeats", str(args.repeats), "--batch-sizes",
+                    out = subprocess.run([sys.executable, __file__, "--child", side, "--archs", arch, "--seconds",
+                                          str(args.seconds), "--repeats", str(args.repeats), "--batch-sizes",
                                           str(batch)], check=True, capture_output=True, text=True).stdout
                     run[side].append(json.loads(out.strip().splitlines()[-1]))
-            p = params.TrainParams(arch=arch, batch_size=batch)
+            p = repo_params(arch=arch, d_arch=None, batch_size=batch)
             a, h, b = (statistics.median(r["rate"] for r in run[side]) for side in sides)
             peak = statistics.median(r["peak"] for r in run["float32"])
             flops = step_flops(build_generator(p), build_discriminator(p))

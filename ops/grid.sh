@@ -4,7 +4,9 @@
 # time by `dvc queue start`; waits, printing progress, then shows the grid.
 # GRID_SET adds the same overrides to every experiment ("-S train.steps=2000").
 set -euo pipefail
-: "${ARCHS:?}" "${LOSSES:?}" "${SEEDS:?}" "${JOBS:=2}" "${GRID_SET:=}"
+# ARCHS and LOSSES default to every name the registries hold.
+: "${ARCHS:=$(python -m pipeline.archs)}" "${LOSSES:=$(python -m pipeline.losses)}"
+: "${SEEDS:?}" "${JOBS:=2}" "${GRID_SET:=}"
 
 names=()
 for arch in $ARCHS; do

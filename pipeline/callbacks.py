@@ -1,9 +1,10 @@
 """Keras callbacks that do the training's side effects: the non-finite guard,
 the per-step history and its MLflow metrics, sample grids from a fixed z with
-the collapse watch, and checkpoints."""
+the collapse watch, checkpoints, and progress lines for logs."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import keras
@@ -110,7 +111,7 @@ class SampleGrid(keras.callbacks.Callback):
 
         from pipeline.gan import float32_copy, standing_statistics
 
-        # A quarter of the saved model's draws: 2.4 s rather than 8 a grid for the seed DCGAN.
+        # Fewer draws than the saved model's: a grid is a glance, and it is drawn often.
         sampler = standing_statistics(float32_copy(self.model.sampler), self.model.noise_seed,
                                       samples=GRID_STANDING_SAMPLES)
         pixels = images.to_uint8(sampler(self.z, training=False).numpy())
@@ -145,3 +146,35 @@ class Checkpoint(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._save()
+
+
+class ProgressLine(keras.callbacks.Callback):
+    """One line every `every` steps and at the end, for logs that are not a terminal
+    (where Keras' progress bar would write a redraw per step): the step, the losses
+    and the pace."""
+
+    def __init__(self, every: int, steps: int):
+        super().__init__()
+        self.every, self.steps = every, steps
+        self._since: tuple[float, int] | None = None
+        self._logs: dict = {}
+
+    def on_train_begin(self, logs=None):
+        self._since = (time.monotonic(), global_step(self.model))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._logs = logs or {}
+        step = global_step(self.model)
+        if step % self.every == 0 and step != self.steps:
+            self.print(step)
+
+    def on_train_end(self, logs=None):
+        self.print(global_step(self.model))
+
+    def print(self, step: int) -> None:
+        t0, s0 = self._since
+        elapsed = time.monotonic() - t0
+        pace = (step - s0) / elapsed if elapsed > 0 else 0.0
+        left = f", {(self.steps - step) / pace / 60:.1f} min left" if pace and step < self.steps else ""
+        losses = " ".join(f"{k}={float(v):.4g}" for k, v in self._logs.items() if k in ("d_loss", "g_loss"))
+        print(f"train: step {step}/{self.steps} {losses} ({pace:.1f} steps/s{left})", flush=True)

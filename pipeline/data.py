@@ -329,8 +329,3 @@ def training_set(ds: Mnist, p) -> Mnist:
 def channels_of(ds: Mnist) -> int:
     """The images' channels: 1 for the digits, 3 for Stacked MNIST."""
     return ds.x_train.shape[-1] if ds.x_train.ndim == 4 else 1
-
-
-def classes_of(ds: Mnist) -> int:
-    """How many classes (modes) the set's labels range over: 10 digits, or 1,000 codes."""
-    return 10 ** channels_of(ds)

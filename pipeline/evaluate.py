@@ -28,18 +28,17 @@ import csv
 import hashlib
 import io
 import json
+import operator
+from dataclasses import asdict, dataclass, replace
+from operator import itemgetter
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable
 
 import numpy as np
 
 from pipeline import atomic, classifier, data, images, metrics, params, tracking
 from pipeline.models import load_generator
 from pipeline.errors import StageError, run_stage
-
-# Per-class diversity needs a few images of the class on both sides to mean anything.
-MIN_CLASS_IMAGES = 10
-
 
 def sample(generator, n: int, seed: int, batch: int = 500) -> np.ndarray:
     """n images from N(0, I) latents as 8-bit pixels (n, 28, 28[, c])."""
@@ -62,80 +61,85 @@ def real_subset(x: np.ndarray, n: int, seed: int, y: np.ndarray | None = None):
     return x[keep] if y is None else (x[keep], y[keep])
 
 
-def per_class_diversity(gen, gen_cls, real, real_cls, classes: int = 10) -> dict[int, dict]:
-    """Mean pairwise L1 inside each class on both sides; classes too small on either side are left out."""
-    out = {}
-    for c in range(classes):
-        g, r = gen[gen_cls == c], real[real_cls == c]
-        if len(g) >= MIN_CLASS_IMAGES and len(r) >= MIN_CLASS_IMAGES:
-            pg, pr = metrics.mean_pairwise_l1(g), metrics.mean_pairwise_l1(r)
-            out[c] = {"num_generated": len(g), "num_real": len(r), "l1_pairwise_gen": pg,
-                      "l1_pairwise_real": pr, "ratio": pg / max(pr, 1e-12)}
-    return out
+# --- the verdict -------------------------------------------------------------------
+
+Value = Callable[[dict], float]                                # from the metrics
+Bound = Callable[[dict, params.EvaluateParams], float]         # from the metrics or the thresholds
 
 
-def class_matched_rate(flags: np.ndarray, cls: np.ndarray, target_cls: np.ndarray) -> float:
-    """The rate of `flags` among real images, reweighted to the class mix of `target_cls`:
-    "1"s sit much nearer their training neighbours than "8"s, so a generator of many
-    "1"s is held to real "1"s' rate, not to the all-digit rate."""
-    overall = float(flags.mean())
-    rate = 0.0
-    for c, count in zip(*np.unique(target_cls, return_counts=True)):
-        mine = flags[cls == c]
-        rate += count * (float(mine.mean()) if len(mine) >= MIN_CLASS_IMAGES else overall)
-    return rate / max(len(target_cls), 1)
-
-
-class Rule(NamedTuple):
-    """One check of the verdict: `verdict` fails when `value` is `op` (< or >) the bound,
-    a threshold of `evaluate.*` (`bound` names it) or another metric (`bound` "m:<key>")."""
+@dataclass(frozen=True)
+class Rule:
+    """One check of the verdict: `verdict` fails when `fails(value(m), bound(m, p))`."""
     verdict: str
-    value: str  # a metric's key, or "a-b": metric a minus metric b
-    op: str
-    bound: str
-    note: str = ""
+    name: str        # the value, as the reason names it
+    value: Value
+    fails: Callable[[float, float], bool]   # operator.lt (fails below the bound) or operator.gt
+    bound_name: str
+    bound: Bound
+    note: str = ""   # formatted with the thresholds
 
 
+def threshold(key: str) -> Bound:
+    """An `evaluate.*` threshold of params.yaml."""
+    return lambda m, p: getattr(p, key)
+
+
+def check(verdict: str, key: str, fails, param: str, note: str = "") -> Rule:
+    """The common rule: a metric against a threshold of the same-named bound."""
+    return Rule(verdict, key, itemgetter(key), fails, param, threshold(param), note)
+
+
+def excess(a: str, b: str) -> Value:
+    return lambda m: m[a] - m[b]
+
+
+SYMBOL = {operator.lt: "<", operator.gt: ">"}
 # The verdict's rules, in the order their reasons are listed.
 RULES = (
-    Rule("mode_collapse", "modes_covered", "<", "m:modes_expected",
-         "a class needs >= {mode_min_share} of its real share"),
-    Rule("mode_collapse", "class_kl", ">", "kl_max"),
-    Rule("mode_collapse", "diversity_ratio", "<", "diversity_min"),
-    Rule("mode_collapse", "class_diversity_min", "<", "diversity_min", "one class's images look alike"),
-    Rule("mode_collapse", "duplicate_rate_gen-duplicate_rate_real", ">", "duplicate_excess_max",
+    Rule("mode_collapse", "modes_covered", itemgetter("modes_covered"), operator.lt, "modes_expected",
+         lambda m, p: m["modes_expected"], "a class needs >= {mode_min_share} of its real share"),
+    check("mode_collapse", "class_kl", operator.gt, "kl_max"),
+    check("mode_collapse", "diversity_ratio", operator.lt, "diversity_min"),
+    check("mode_collapse", "class_diversity_min", operator.lt, "diversity_min", "one class's images look alike"),
+    Rule("mode_collapse", "duplicate_rate_gen-duplicate_rate_real", excess("duplicate_rate_gen", "duplicate_rate_real"),
+         operator.gt, "duplicate_excess_max", threshold("duplicate_excess_max"),
          "pairs of generated images within L1 {near_l1}, above the real rate"),
-    Rule("memorization", "copying_z", "<", "copying_z_min",
-         "generated images sit closer to the training set than held-out images do"),
-    Rule("memorization", "copy_rate_gen-copy_rate_real", ">", "copy_excess_max",
+    check("memorization", "copying_z", operator.lt, "copying_z_min",
+          "generated images sit closer to the training set than held-out images do"),
+    Rule("memorization", "copy_rate_gen-copy_rate_real", excess("copy_rate_gen", "copy_rate_real"), operator.gt,
+         "copy_excess_max", threshold("copy_excess_max"),
          "images within L1 {copy_l1} of a training image, above the real rate"),
-    Rule("quality", "classifier_score_ratio", "<", "classifier_score_ratio_min",
-         "classifier score of generated over real images"),
-    Rule("quality", "fcd", ">", "fcd_max"),
-    Rule("quality", "precision", "<", "precision_min"),
-    Rule("quality", "recall", "<", "recall_min"),
+    check("quality", "classifier_score_ratio", operator.lt, "classifier_score_ratio_min",
+          "classifier score of generated over real images"),
+    check("quality", "fcd", operator.gt, "fcd_max"),
+    check("quality", "precision", operator.lt, "precision_min"),
+    check("quality", "recall", operator.lt, "recall_min"),
 )
+VERDICTS = ("mode_collapse", "memorization", "quality")
 
 
-def _rule_value(m: dict, key: str) -> float:
-    a, _, b = key.partition("-")
-    return m[a] - m[b] if b else m[a]
+@dataclass(frozen=True)
+class Verdict:
+    mode_collapse: bool
+    memorization: bool
+    quality_gate_passed: bool
+    reasons: list[str]   # "<verdict>: <value>=<x> <op> <bound>=<y> (<note>)" per failed rule
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
-def verdict(m: dict, p: params.EvaluateParams) -> dict:
+def verdict(m: dict, p: params.EvaluateParams) -> Verdict:
     """The three booleans and the reasons behind each failed check (RULES)."""
     thresholds = p.model_dump()
-    failed: dict[str, list[str]] = {"mode_collapse": [], "memorization": [], "quality": []}
+    failed: dict[str, list[str]] = {kind: [] for kind in VERDICTS}
     for rule in RULES:
-        value = _rule_value(m, rule.value)
-        bound = m[rule.bound[2:]] if rule.bound.startswith("m:") else thresholds[rule.bound]
-        if value < bound if rule.op == "<" else value > bound:
+        value, bound = rule.value(m), rule.bound(m, p)
+        if rule.fails(value, bound):
             note = f" ({rule.note.format(**thresholds)})" if rule.note else ""
-            name = rule.bound.removeprefix("m:")
-            failed[rule.verdict].append(f"{rule.value}={value:.3g} {rule.op} {name}={bound}{note}")
+            failed[rule.verdict].append(f"{rule.name}={value:.3g} {SYMBOL[rule.fails]} {rule.bound_name}={bound}{note}")
     reasons = [f"{kind}: {r}" for kind, found in failed.items() for r in found]
-    return {"mode_collapse": bool(failed["mode_collapse"]), "memorization": bool(failed["memorization"]),
-            "quality_gate_passed": not reasons, "reasons": reasons}
+    return Verdict(bool(failed["mode_collapse"]), bool(failed["memorization"]), not reasons, reasons)
 
 
 def present_classes(labels: np.ndarray, classes: int) -> np.ndarray:
@@ -155,18 +159,37 @@ def l1_indices(n_gen: int, n_real: int, p: params.EvaluateParams) -> tuple[np.nd
     return np.arange(min(n_gen, p.l1_samples)), real
 
 
-def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.ndarray, judge,
-          p: params.EvaluateParams) -> tuple[dict, dict, dict]:
-    """All metrics of 8-bit generated images against real held-out ones.
+@dataclass(frozen=True)
+class Details:
+    """What the figures need beside the metrics."""
+    gen_l1: np.ndarray      # the generated images the L1 figures used (evaluate.l1_samples)
+    gen_nn: np.ndarray      # each one's L1 distance to its nearest training image
+    gen_arg: np.ndarray     # and that image's index
+    gen_cls: np.ndarray     # the judge's class of every generated image
+    gen_hist: np.ndarray    # the judge's class shares, generated and real
+    real_hist: np.ndarray
+    per_class: dict[int, metrics.ClassDiversity]
 
-    Returns (metrics, verdict, details); details carries what the figures need."""
+
+@dataclass(frozen=True)
+class Scores:
+    metrics: dict[str, float]   # metrics.json: every figure, and the verdict as 0/1
+    verdict: Verdict
+    details: Details
+    generated: np.ndarray | None = None   # the 8-bit samples scored (evaluate() keeps them)
+
+
+def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.ndarray, judge,
+          p: params.EvaluateParams) -> Scores:
+    """All metrics of 8-bit generated images against real held-out ones, and the verdict."""
     if len(real) < 2 or len(gen) < 2:
         raise StageError("evaluate: need at least two generated and two held-out test images")
     # The L1 figures' share of the samples (evaluate.l1_samples): generated images are
     # i.i.d., so the first ones; held-out ones drawn at random.
     gi, ri = l1_indices(len(gen), len(real), p)
     gen_l1, real_l1 = gen[gi], real[ri]
-    m, gen_nn, gen_arg, real_nn = metrics.l1_details(gen_l1, real_l1, train)
+    l1 = metrics.l1_details(gen_l1, real_l1, train)
+    m = dict(l1.figures)
     m["duplicate_rate_gen"] = float(np.mean(metrics.nearest_other_l1(gen_l1)[0] < p.near_l1))
     m["duplicate_rate_real"] = float(np.mean(metrics.nearest_other_l1(real_l1)[0] < p.near_l1))
 
@@ -175,10 +198,10 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
     # One partition for both sides (the judge's classes), as the copying test's cells require.
     gen_cls, real_cls = p_gen.argmax(1), p_real.argmax(1)
     gen_cls_l1, real_cls_l1 = gen_cls[gi], real_cls[ri]
-    m["copying_z"] = metrics.copying_statistic(gen_nn, gen_cls_l1, real_nn, real_cls_l1, MIN_CLASS_IMAGES)
-    m["copying_z_global"] = metrics.mann_whitney_z(gen_nn, real_nn)[1]
-    m["copy_rate_gen"] = float(np.mean(gen_nn < p.copy_l1))
-    m["copy_rate_real"] = class_matched_rate(real_nn < p.copy_l1, real_cls_l1, gen_cls_l1)
+    m["copying_z"] = metrics.copying_statistic(l1.gen_nn, gen_cls_l1, l1.real_nn, real_cls_l1)
+    m["copying_z_global"] = metrics.mann_whitney_z(l1.gen_nn, l1.real_nn)[1]
+    m["copy_rate_gen"] = float(np.mean(l1.gen_nn < p.copy_l1))
+    m["copy_rate_real"] = metrics.class_matched_rate(l1.real_nn < p.copy_l1, real_cls_l1, gen_cls_l1)
     classes = p_gen.shape[1]
     gen_hist = metrics.class_histogram(p_gen)
     real_hist = metrics.class_histogram(p_real)
@@ -191,7 +214,7 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
         # The papers' Stacked MNIST protocol: against uniform, a mode is any code drawn once.
         reference, min_share = present / present.sum(), 0.0
     covered, expected = metrics.modes_covered(gen_hist * present, reference * present, min_share)
-    per_class = per_class_diversity(gen_l1, gen_cls_l1, real_l1, real_cls_l1, classes)
+    per_class = metrics.per_class_diversity(gen_l1, gen_cls_l1, real_l1, real_cls_l1, classes)
     m.update({
         "modes_covered": covered,
         "modes_expected": expected,
@@ -203,7 +226,7 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
         "judge_accuracy_real": float(np.mean(p_real.argmax(1) == real_labels)),
         "classifier_score_gen": metrics.classifier_score(p_gen),
         "classifier_score_real": metrics.classifier_score(p_real),
-        "class_diversity_min": min((c["ratio"] for c in per_class.values()), default=m["diversity_ratio"]),
+        "class_diversity_min": min((c.ratio for c in per_class.values()), default=m["diversity_ratio"]),
         "fcd": metrics.frechet_distance(f_gen, f_real),
     })
     m["kid"], m["kid_std"] = metrics.kid_subsets(f_gen, f_real, p.kid_subsets, p.kid_subset_size, p.seed)
@@ -211,50 +234,47 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
     k = min(p.k, len(gen) - 1, len(real) - 1)
     m.update(metrics.prdc(f_real, f_gen, k))
     v = verdict(m, p)
-    m.update({key: int(v[key]) for key in ("mode_collapse", "memorization", "quality_gate_passed")})
+    m.update({"mode_collapse": int(v.mode_collapse), "memorization": int(v.memorization),
+              "quality_gate_passed": int(v.quality_gate_passed)})
     m["num_generated"], m["num_real"], m["num_l1"] = len(gen), len(real), len(gi)
-    details = {"gen_l1": gen_l1, "gen_nn": gen_nn, "gen_arg": gen_arg, "gen_cls": gen_cls, "gen_hist": gen_hist,
-               "real_hist": real_hist, "per_class": per_class}
-    return m, v, details
+    return Scores(m, v, Details(gen_l1, l1.gen_nn, l1.gen_arg, gen_cls, gen_hist, real_hist, per_class))
 
 
-def evaluate(generator, judge, ds: data.Mnist, p: params.EvaluateParams):
-    """Sample the generator and score it against `ds` (data.training_set); returns
-    (metrics, verdict, details, generated pixels)."""
+def evaluate(generator, judge, ds: data.Mnist, p: params.EvaluateParams) -> Scores:
+    """Sample the generator and score it against `ds` (data.training_set)."""
     if generator.output_shape[-1] != data.channels_of(ds):
         raise StageError(f"evaluate: the generator draws {generator.output_shape[1:]} images, the data "
                          f"(prepare.dataset) holds {ds.x_train.shape[1:]}")
     gen = sample(generator, p.num_samples, p.seed)
     real, labels = real_subset(ds.x_test, p.num_samples, p.seed, ds.y_test)
-    m, v, details = score(gen, real, labels, ds.x_train, judge, p)
-    return m, v, details, gen
+    return replace(score(gen, real, labels, ds.x_train, judge, p), generated=gen)
 
 
-def write_figures(out: Path, gen: np.ndarray, train: np.ndarray, details: dict) -> None:
+def write_figures(out: Path, gen: np.ndarray, train: np.ndarray, details: Details) -> None:
     """Class histogram (CSV for the DVC bar plot), nearest-training-image pairs and per-class grids."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     # Long format, one bar per (digit, side): DVC's bar templates take one value field.
     w.writerow(["digit", "share"])
-    for c in range(len(details["gen_hist"])):
-        w.writerow([f"{c} generated", f"{details['gen_hist'][c]:.4f}"])
-        w.writerow([f"{c} real", f"{details['real_hist'][c]:.4f}"])
+    for c in range(len(details.gen_hist)):
+        w.writerow([f"{c} generated", f"{details.gen_hist[c]:.4f}"])
+        w.writerow([f"{c} real", f"{details.real_hist[c]:.4f}"])
     atomic.write_text(out / "class_hist.csv", buf.getvalue())
 
     # Top two rows: the 16 most training-like generated images over their nearest training
     # images (where copying would show); bottom two: 16 chosen at random.
-    near = details["gen_l1"]
+    near = details.gen_l1
     n = min(16, len(near))
-    closest = np.argsort(details["gen_nn"], kind="stable")[:n]
+    closest = np.argsort(details.gen_nn, kind="stable")[:n]
     rand = np.random.default_rng(0).choice(len(near), n, replace=False)
-    rows = [near[closest], train[details["gen_arg"][closest]], near[rand], train[details["gen_arg"][rand]]]
+    rows = [near[closest], train[details.gen_arg[closest]], near[rand], train[details.gen_arg[rand]]]
     images.save_png(images.grid(np.concatenate(rows), cols=n), out / "nearest_train.png", scale=2)
 
     # A grid per digit; of the 1,000 stacked codes, the ten the generator draws most.
-    hist = details["gen_hist"]
+    hist = details.gen_hist
     shown = range(10) if len(hist) == 10 else np.argsort(-hist, kind="stable")[:10]
     for c in shown:
-        members = gen[details["gen_cls"] == c][:64]
+        members = gen[details.gen_cls == c][:64]
         pixels = members if len(members) else np.zeros((1, *gen.shape[1:]), np.uint8)
         images.save_png(images.grid(pixels, cols=8), out / "per_class" / f"class_{c}.png", scale=2)
 
@@ -309,11 +329,12 @@ def main(argv: list[str] | None = None) -> None:
     judge = classifier.load(args.judge)
     ds = data.training_set(data.load_prepared(args.data), params.load("prepare", args.params))
 
-    m, v, details, gen = evaluate(generator, judge, ds, p)
-    write_figures(out, gen, ds.x_train, details)
-    atomic.write_json(out / "verdict.json", v)
+    scores = evaluate(generator, judge, ds, p)
+    m, v = scores.metrics, scores.verdict
+    write_figures(out, scores.generated, ds.x_train, scores.details)
+    atomic.write_json(out / "verdict.json", v.as_dict())
     atomic.write_json(out / "protocol.json", protocol(judge, ds, p))
-    atomic.write_json(out / "per_class.json", {str(c): d for c, d in details["per_class"].items()})
+    atomic.write_json(out / "per_class.json", {str(c): d._asdict() for c, d in scores.details.per_class.items()})
     atomic.write_json(args.metrics or out / "metrics.json", m)
     if training is not None:
         logged = {k: float(x) for k, x in m.items()}
@@ -326,9 +347,9 @@ def main(argv: list[str] | None = None) -> None:
             atomic.write_json(args.run_file, {**run.record(), "training_run_id": training["run_id"]})
         print(f"evaluate: MLflow run {run.name} ({run.run_id})")
     print("evaluate: " + ", ".join(f"{k}={x:.4g}" for k, x in m.items()))
-    print(f"evaluate: mode_collapse={v['mode_collapse']} memorization={v['memorization']} "
-          f"quality_gate_passed={v['quality_gate_passed']}")
-    for r in v["reasons"]:
+    print(f"evaluate: mode_collapse={v.mode_collapse} memorization={v.memorization} "
+          f"quality_gate_passed={v.quality_gate_passed}")
+    for r in v.reasons:
         print(f"  {r}")
 
 

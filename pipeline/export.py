@@ -8,8 +8,8 @@ whether it becomes the champion.
 
 Writes `<out>/generator/` (keras Model.export() SavedModel, `serve`: float32
 z (n, z_dim) -> (n, 28, 28, 1) in [-1, 1]) and `<out>/model_card.json`,
-registers the MLflow model `mnist-gan-generator` from the result's run, saves
-the SavedModel and card to the BentoML store as `mnist_gan_generator`, and
+registers the MLflow model (serving.contract.REGISTERED_MODEL) from the result's
+run, saves the SavedModel and card to the BentoML store (contract.store), and
 moves the registry alias `champion` to this version only when `decide` says
 so (README, "Promotion"): it passes the gate and beats the champion on the
 ranking, under the same evaluation protocol. The comparison is recorded in the
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from pipeline import atomic, tracking
 from pipeline.errors import run_stage
+from serving import contract
 
-BENTO_MODEL = "mnist_gan_generator"
 PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
 # The ranking, in order: the first metric that differs decides.
 RANKING = (("fcd", "lower"), ("classifier_score_ratio", "higher"))
@@ -35,7 +35,7 @@ RANKING = (("fcd", "lower"), ("classifier_score_ratio", "higher"))
 def model_card(generator, run: dict, metrics: dict, data_report: dict, train_params: dict,
                verdict: dict | None = None, protocol: dict | None = None) -> dict:
     return {
-        "name": BENTO_MODEL,
+        "name": contract.BENTO_MODEL,
         "z_dim": int(generator.input_shape[-1]),
         "input": {"name": "z", "dtype": "float32", "shape": [None, int(generator.input_shape[-1])],
                   "distribution": "standard normal"},
@@ -101,22 +101,6 @@ def export_saved_model(generator, target: Path) -> None:
         (tmp / "m").rmdir()
 
 
-def save_to_bentoml(saved_model: Path, card: dict):
-    import bentoml
-
-    labels = {"mlflow_run_id": card["mlflow_run_id"], "arch": str(card["arch"])}
-    if card.get("registered_model"):
-        labels["registered_version"] = str(card["registered_model"]["version"])
-    with bentoml.models.create(
-        BENTO_MODEL,
-        labels=labels,
-        metadata={"z_dim": card["z_dim"], "data_sha256": card["data_sha256"]},
-    ) as ref:
-        shutil.copytree(saved_model, Path(ref.path) / "saved_model")
-        (Path(ref.path) / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
-    return str(ref.tag)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generator", required=True)
@@ -146,12 +130,12 @@ def main(argv: list[str] | None = None) -> None:
         version = active.log_pyfunc_model(
             name="generator",
             python_model=str(PYFUNC_CODE),
-            artifacts={"saved_model": str(out / "generator")},
+            artifacts={contract.SAVED_MODEL: str(out / "generator")},
             input_example=np.zeros((1, card["z_dim"]), np.float32),
-            pip_requirements=["tensorflow-cpu==2.21.0", "numpy"],
-            registered_model_name=tracking.REGISTERED_MODEL,
+            pip_requirements=str(contract.REQUIREMENTS),
+            registered_model_name=contract.REGISTERED_MODEL,
         )
-        card["registered_model"] = {"name": tracking.REGISTERED_MODEL, "version": version}
+        card["registered_model"] = {"name": contract.REGISTERED_MODEL, "version": version}
         challenger = {"version": version, "quality_gate_passed": verdict.get("quality_gate_passed") is True,
                       "reasons": verdict.get("reasons"), "eval_protocol": protocol["id"],
                       "channels": int(generator.output_shape[-1]),
@@ -161,8 +145,8 @@ def main(argv: list[str] | None = None) -> None:
             champ = None if current is None else {"version": current["version"], **current["tags"]}
             decision = decide(challenger, champ)
             card["promotion"] = decision
-            atomic.write_json(out / "model_card.json", card)
-            tag = save_to_bentoml(out / "generator", card)
+            atomic.write_json(out / contract.CARD, card)
+            tag = contract.store(out / "generator", card)
             tracking.tag_version(version, {"bentoml_tag": tag, "quality_gate_passed": challenger["quality_gate_passed"],
                                            "eval_protocol": protocol["id"], "promotion": decision["reason"],
                                            **{k: metrics[k] for k, _ in RANKING}})
@@ -171,10 +155,10 @@ def main(argv: list[str] | None = None) -> None:
         active.set_tags({"bentoml_tag": tag, "registered_model_version": version,
                          "promotion.promoted": decision["promote"], "promotion.reason": decision["reason"],
                          "promotion.champion_before": decision["champion_before"]})
-        active.log_dict(card, "model_card.json")
+        active.log_dict(card, contract.CARD)
         active.log_dict({"challenger": challenger, "champion": champ, **decision}, "promotion.json")
     verb = "now champion" if decision["promote"] else "champion unchanged"
-    print(f"export: {out / 'generator'}; bentoml {tag}; mlflow {tracking.REGISTERED_MODEL} v{version} "
+    print(f"export: {out / 'generator'}; bentoml {tag}; mlflow {contract.REGISTERED_MODEL} v{version} "
           f"({verb}: {decision['reason']})")
 
 

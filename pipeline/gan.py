@@ -17,11 +17,32 @@ import tensorflow as tf
 from pipeline import losses
 
 
+# The stateless noise's seeds: each step owns NOISE_STRIDE consecutive seeds, one per
+# draw it makes (critic update i draws z and alpha, the generator's update draws z last).
+# They cannot overlap while 2 * n_critic < NOISE_STRIDE; GAN checks it.
+NOISE_STRIDE = 64
+MAX_N_CRITIC = (NOISE_STRIDE - 1) // 2
+
+
+def critic_z(i: int) -> int:
+    return 2 * i
+
+
+def critic_alpha(i: int) -> int:
+    return 2 * i + 1
+
+
+GENERATOR_Z = NOISE_STRIDE - 1
+
+
 class GAN(keras.Model):
-    def __init__(self, generator: keras.Model, discriminator: keras.Model, z_dim: int, seed: int,
-                 loss: str = "bce", n_critic: int = 1, clip: float | None = None, gp_weight: float = 0.0,
-                 r1_weight: float = 0.0, ema: float = 0.0):
+    def __init__(self, generator: keras.Model, discriminator: keras.Model, *, z_dim: int, seed: int, loss: str,
+                 settings, ema: float):
+        """`loss`: a name in losses.REGISTRY; `settings`: its params.LossParams (n_critic,
+        clip, gp_weight, r1_weight), applied as they are; `ema`: the weight average's decay."""
         super().__init__()
+        if settings.n_critic > MAX_N_CRITIC:
+            raise ValueError(f"n_critic={settings.n_critic}: at most {MAX_N_CRITIC} (the step's noise seeds)")
         self.generator = generator
         # An exponential moving average of G's weights (Yazici et al. 2019): what the
         # samples, the saved model and the export use when `ema` > 0. Training never reads it.
@@ -34,11 +55,11 @@ class GAN(keras.Model):
         self.discriminator = discriminator
         self.z_dim = z_dim
         self.noise_seed = seed
-        self.loss_kind = loss
-        self.n_critic = n_critic
-        self.clip = clip
-        self.gp_weight = gp_weight
-        self.r1_weight = r1_weight
+        self.gan_loss = losses.REGISTRY[loss]
+        self.n_critic = settings.n_critic
+        self.clip = settings.clip
+        self.gp_weight = settings.gp_weight
+        self.r1_weight = settings.r1_weight
         # Without batch statistics in D, one pass over real and fake together is
         # the same function as two passes, and one matmul of 2n rows beats two of n.
         self.d_joint = not any(isinstance(layer, keras.layers.BatchNormalization) for layer in discriminator.layers)
@@ -71,7 +92,7 @@ class GAN(keras.Model):
 
     def _seed(self, purpose: int):
         step = tf.cast(self.g_optimizer.iterations, tf.int32)
-        return tf.stack([tf.constant(self.noise_seed, tf.int32), step * 64 + purpose])
+        return tf.stack([tf.constant(self.noise_seed, tf.int32), step * NOISE_STRIDE + purpose])
 
     def _share(self, draw, n, purpose: int):
         # This replica's n rows of one draw for the global batch (a single device
@@ -86,7 +107,6 @@ class GAN(keras.Model):
     def train_step(self, real):
         # real is (batch, n_critic, 28, 28, 1): column i feeds critic update i.
         batch = tf.shape(real)[0]
-        kind = self.loss_kind
         # Replicas' gradients are summed, so each differentiates its loss over the
         # replica count (as keras does for compiled losses); 1 outside a strategy.
         scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
@@ -94,7 +114,7 @@ class GAN(keras.Model):
         for i in range(self.n_critic):
             x = real[:, i]
             with tf.GradientTape() as tape:
-                fake = self.generator(self._z(batch, 2 * i), training=True)
+                fake = self.generator(self._z(batch, critic_z(i)), training=True)
                 if self.d_joint:
                     both = self.discriminator(tf.concat([x, fake], 0), training=True)
                     half = tf.shape(both)[0] // 2  # batch, or batch / train.pack packs
@@ -102,10 +122,10 @@ class GAN(keras.Model):
                 else:
                     real_out = self.discriminator(x, training=True)
                     fake_out = self.discriminator(fake, training=True)
-                d_loss = losses.d_loss(kind, real_out, fake_out)
+                d_loss = self.gan_loss.d(real_out, fake_out)
                 if self.gp_weight:
                     alpha = self._share(lambda rows, seed: tf.random.stateless_uniform((rows, 1, 1, 1), seed=seed),
-                                        batch, 2 * i + 1)
+                                        batch, critic_alpha(i))
                     penalty = losses.gradient_penalty(self.discriminator, x, fake, alpha)
                     d_loss += self.gp_weight * penalty
                 if self.r1_weight:
@@ -118,8 +138,8 @@ class GAN(keras.Model):
                     v.assign(tf.clip_by_value(v, -self.clip, self.clip))
 
         with tf.GradientTape() as tape:
-            fake_out_g = self.discriminator(self.generator(self._z(batch, 63), training=True), training=True)
-            g_loss = losses.g_loss(kind, fake_out_g)
+            fake_out_g = self.discriminator(self.generator(self._z(batch, GENERATOR_Z), training=True), training=True)
+            g_loss = self.gan_loss.g(fake_out_g)
             scaled = g_loss * scale
         g_grads = tape.gradient(scaled, g_vars)
         self.g_optimizer.apply_gradients(zip(g_grads, g_vars))
@@ -129,11 +149,11 @@ class GAN(keras.Model):
         out = {"d_loss": d_loss, "g_loss": g_loss,
                "d_grad_norm": tf.linalg.global_norm(d_grads) / scale,
                "g_grad_norm": tf.linalg.global_norm(g_grads) / scale}
-        if kind in ("wgan", "wgan-gp"):
+        if self.gp_weight:
+            out["gradient_penalty"] = penalty
+        if self.gan_loss.critic:
             # The critic's estimate of the Wasserstein distance (up to a constant).
             out["w_estimate"] = tf.reduce_mean(real_out) - tf.reduce_mean(fake_out)
-            if self.gp_weight:
-                out["gradient_penalty"] = penalty
         else:
             out["d_acc_real"] = tf.reduce_mean(tf.cast(real_out > 0, tf.float32))
             out["d_acc_fake"] = tf.reduce_mean(tf.cast(fake_out < 0, tf.float32))

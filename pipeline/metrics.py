@@ -16,6 +16,7 @@ Elsewhere a portable loop that LLVM vectorises computes the same integers.
 from __future__ import annotations
 
 import platform
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -25,10 +26,12 @@ import llvmlite.binding as llvm_binding
 from llvmlite import ir
 
 _BIG = np.int64(1) << 62
-_QUERY_BLOCK = 8  # measured: 8 queries per reference row beat 1 and 4 by 1.3-1.7x
+# Queries per reference row: enough to reuse each row from L1 cache, few enough for the
+# accumulators to stay in registers (bench/eval_speed.py compares block sizes).
+_QUERY_BLOCK = 8
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
 # SSE2 is part of x86-64, so every x86-64 CPU has the 16-byte psadbw; AVX2's
-# 32-byte one measured 1.3x faster where the CPU has it.
+# 32-byte one does twice the work per instruction where the CPU has it.
 _AVX2 = _X86 and bool(llvm_binding.get_host_cpu_features().get("avx2"))
 _LANES = 32 if _AVX2 else 16
 _PSADBW = "llvm.x86.avx2.psad.bw" if _AVX2 else "llvm.x86.sse2.psad.bw"
@@ -38,7 +41,7 @@ _PSADBW = "llvm.x86.avx2.psad.bw" if _AVX2 else "llvm.x86.sse2.psad.bw"
 def _row_sad(typingctx, a, i, b, j):
     """sum |a[i] - b[j]| over a row of C-contiguous uint8 2-d arrays whose width is a
     multiple of _LANES: a loop of psadbw into a vector accumulator, reduced once at
-    the end (reducing after every slice made it 3x slower)."""
+    the end (a reduction per slice would serialize the loop on it)."""
     sig = types.int64(a, i, b, j)
 
     def codegen(context, builder, signature, args):
@@ -180,14 +183,16 @@ def mean_pairwise_l1(images: np.ndarray) -> float:
     return total / (n * (n - 1) / 2) / (255.0 * _pixels(images))
 
 
-def l1_report(generated: np.ndarray, real_test: np.ndarray, train: np.ndarray) -> dict[str, float]:
-    """Memorization and diversity, each against the same computation on real held-out images."""
-    return l1_details(generated, real_test, train)[0]
+class L1(NamedTuple):
+    figures: dict[str, float]   # memorization and diversity, each beside the same figure on held-out images
+    gen_nn: np.ndarray          # per generated image: L1 to its nearest training image
+    gen_arg: np.ndarray         # and that image's index
+    real_nn: np.ndarray         # per held-out image: L1 to its nearest training image
 
 
-def l1_details(generated, real_test, train):
-    """`l1_report`'s figures plus the per-image nearest-train distances and indices
-    (generated, then real), which the copying test and the figures reuse."""
+def l1_details(generated, real_test, train) -> L1:
+    """Memorization and diversity against the same computation on real held-out images,
+    with the per-image nearest-train distances that the copying test and the figures reuse."""
     gen_nn, gen_arg = nearest_l1(generated, train)
     real_nn, _ = nearest_l1(real_test, train)
     m = {
@@ -198,7 +203,42 @@ def l1_details(generated, real_test, train):
     }
     m["memorization_ratio"] = m["l1_nearest_train_gen"] / max(m["l1_nearest_train_real"], 1e-12)
     m["diversity_ratio"] = m["l1_pairwise_gen"] / max(m["l1_pairwise_real"], 1e-12)
-    return m, gen_nn, gen_arg, real_nn
+    return L1(m, gen_nn, gen_arg, real_nn)
+
+
+# Per-class figures need a few images of the class on both sides to mean anything.
+MIN_CLASS_IMAGES = 10
+
+
+class ClassDiversity(NamedTuple):
+    num_generated: int
+    num_real: int
+    l1_pairwise_gen: float
+    l1_pairwise_real: float
+    ratio: float
+
+
+def per_class_diversity(gen, gen_cls, real, real_cls, classes: int = 10) -> dict[int, ClassDiversity]:
+    """Mean pairwise L1 inside each class on both sides; classes too small on either side are left out."""
+    out = {}
+    for c in range(classes):
+        g, r = gen[gen_cls == c], real[real_cls == c]
+        if len(g) >= MIN_CLASS_IMAGES and len(r) >= MIN_CLASS_IMAGES:
+            pg, pr = mean_pairwise_l1(g), mean_pairwise_l1(r)
+            out[c] = ClassDiversity(len(g), len(r), pg, pr, pg / max(pr, 1e-12))
+    return out
+
+
+def class_matched_rate(flags: np.ndarray, cls: np.ndarray, target_cls: np.ndarray) -> float:
+    """The rate of `flags` among real images, reweighted to the class mix of `target_cls`:
+    "1"s sit much nearer their training neighbours than "8"s, so a generator of many
+    "1"s is held to real "1"s' rate, not to the all-digit rate."""
+    overall = float(flags.mean())
+    rate = 0.0
+    for c, count in zip(*np.unique(target_cls, return_counts=True)):
+        mine = flags[cls == c]
+        rate += count * (float(mine.mean()) if len(mine) >= MIN_CLASS_IMAGES else overall)
+    return rate / max(len(target_cls), 1)
 
 
 # --- the data-copying test (Meehan, Chaudhuri, Dasgupta 2020) ---------------
@@ -225,7 +265,7 @@ def mann_whitney_z(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return u, float(z)
 
 
-def copying_statistic(gen_d, gen_cell, real_d, real_cell, min_count: int = 10) -> float:
+def copying_statistic(gen_d, gen_cell, real_d, real_cell, min_count: int = MIN_CLASS_IMAGES) -> float:
     """Meehan et al.'s C_T: the Mann-Whitney z of each cell, averaged with the real data's
     cell shares as weights, over the cells holding at least `min_count` images on both sides.
 

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.errors import StageError
+from serving.contract import CHAMPION, REGISTERED_MODEL, project_root, tracking_uri
 
 EXPERIMENT = "mnist-gan"
 REPORTS_EXPERIMENT = "mnist-gan-reports"
-REGISTERED_MODEL = "mnist-gan-generator"
-CHAMPION = "champion"
 
 # Tags every run carries; `result` marks the runs that hold a pipeline result.
 TAG_COMMIT, TAG_EXP, TAG_HASH = "git_commit", "dvc_exp_name", "params_hash"
@@ -42,23 +41,6 @@ TAG_TRAINING, TAG_RESULT = "training_run_id", "result"
 TAG_NOTE = "mlflow.note.content"
 MLFLOW_BATCH = 1000  # MLflow's per-call limit on metrics in one log_batch
 PROBE_SECONDS = 20   # an unreachable tracking server fails the stage within this
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The repo a stage runs for, also from a `dvc exp run --temp` or queue copy
-    (DVC sets DVC_ROOT to the parent repo for those)."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    start = (start or Path.cwd()).resolve()
-    parts = start.parts
-    for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return start
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
 def redact(uri: str) -> str:
@@ -352,10 +334,6 @@ def registry_lock() -> Iterator[None]:
 def tag_version(version: str, tags: dict) -> None:
     for k, v in tags.items():
         client().set_model_version_tag(REGISTERED_MODEL, version, k, str(v))
-
-
-def version_tags(version: str) -> dict:
-    return dict(client().get_model_version(REGISTERED_MODEL, version).tags)
 
 
 def champion() -> dict | None:

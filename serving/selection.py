@@ -7,8 +7,8 @@ none, with exit status 1; `--tag` prints only the stored tag it resolves to
 (what `make bento` packs).
 
 - `champion` (the default): the version the MLflow registry's alias
-  `champion` names, found through `MLFLOW_TRACKING_URI` (default: `mlflow.db`
-  in the working directory); the export stage tags each registered version
+  `champion` names, found through `MLFLOW_TRACKING_URI` (default: the
+  project's `mlflow.db`, contract.tracking_uri); the export stage tags each registered version
   with its BentoML tag and the reason for its promotion. A champion missing
   from this machine's BentoML store (exported on another machine, against a
   shared tracking server) is copied into it from the registry first, under
@@ -20,23 +20,17 @@ MLflow is imported only for `champion`; nothing here imports `pipeline/`.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-BENTO_MODEL = "mnist_gan_generator"
-REGISTERED_MODEL = os.environ.get("MNIST_GAN_REGISTERED_MODEL", "mnist-gan-generator")
-ALIAS = "champion"
+from serving.contract import BENTO_MODEL, CHAMPION, REGISTERED_MODEL, tracking_uri
+
 HOW_TO = ("serve another explicitly: make serve MODEL=latest, or MODEL=<tag> "
           "(bentoml models list); or bentoml serve ... --arg model=latest")
 
 
 class NoChampion(Exception):
     """No version holds the alias, or no registry to ask."""
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def champion() -> tuple[str, dict]:
@@ -53,7 +47,7 @@ def champion() -> tuple[str, dict]:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema upgrade notes
 
     try:
-        mv = MlflowClient(uri).get_model_version_by_alias(REGISTERED_MODEL, ALIAS)
+        mv = MlflowClient(uri).get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
     except MlflowException:
         raise NoChampion(f"no champion yet: no version of {REGISTERED_MODEL} has passed the quality gate "
                          f"and the ranking; {HOW_TO}") from None
@@ -61,8 +55,8 @@ def champion() -> tuple[str, dict]:
     if not tag:
         raise NoChampion(f"champion {REGISTERED_MODEL} v{mv.version} has no bentoml_tag; {HOW_TO}")
     fetched = _ensure_stored(tag, mv)
-    return tag, {"by": ALIAS, "registered_model": REGISTERED_MODEL, "version": str(mv.version),
-                 "reason": f"alias {ALIAS} of {REGISTERED_MODEL} -> v{mv.version}; promoted because: "
+    return tag, {"by": CHAMPION, "registered_model": REGISTERED_MODEL, "version": str(mv.version),
+                 "reason": f"alias {CHAMPION} of {REGISTERED_MODEL} -> v{mv.version}; promoted because: "
                            f"{mv.tags.get('promotion', 'set by hand')}"
                            + ("; copied from the registry into this machine's BentoML store" if fetched else "")}
 
@@ -71,14 +65,14 @@ def _ensure_stored(tag: str, mv) -> bool:
     """Puts the champion into the local BentoML store, from the registered
     version's files (the SavedModel) and its run's model card, unless the
     store holds it already. True when it copied it."""
-    import json
-    import shutil
     import tempfile
 
     import bentoml
     import mlflow.artifacts
     import yaml
     from bentoml.exceptions import NotFound
+
+    from serving import contract
 
     try:
         bentoml.models.get(tag)
@@ -89,26 +83,21 @@ def _ensure_stored(tag: str, mv) -> bool:
         model_dir = Path(mlflow.artifacts.download_artifacts(
             f"models:/{REGISTERED_MODEL}/{mv.version}", dst_path=f"{tmp}/model", tracking_uri=tracking_uri()))
         card_file = Path(mlflow.artifacts.download_artifacts(
-            run_id=mv.run_id, artifact_path="model_card.json", dst_path=f"{tmp}/card", tracking_uri=tracking_uri()))
+            run_id=mv.run_id, artifact_path=contract.CARD, dst_path=f"{tmp}/card", tracking_uri=tracking_uri()))
         # The pyfunc's artifact `saved_model`, where its MLmodel says the logged files are.
         flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["python_function"]
-        saved = model_dir / flavor.get("artifacts", {}).get("saved_model", {}).get("path", "artifacts/saved_model")
+        saved = model_dir / flavor.get("artifacts", {}).get(contract.SAVED_MODEL, {}).get(
+            "path", f"artifacts/{contract.SAVED_MODEL}")
         if not (saved / "saved_model.pb").is_file():
             raise NoChampion(f"champion {REGISTERED_MODEL} v{mv.version} holds no SavedModel "
-                             f"(its pyfunc artifact saved_model); {HOW_TO}")
-        card = json.loads(card_file.read_text())
-        labels = {"mlflow_run_id": str(card.get("mlflow_run_id")), "arch": str(card.get("arch")),
-                  "registered_version": str(mv.version)}
-        with bentoml.models.create(tag, labels=labels, metadata={"z_dim": card["z_dim"],
-                                                                  "data_sha256": card.get("data_sha256")}) as ref:
-            shutil.copytree(saved, Path(ref.path) / "saved_model")
-            shutil.copy2(card_file, Path(ref.path) / "model_card.json")
+                             f"(its pyfunc artifact {contract.SAVED_MODEL}); {HOW_TO}")
+        contract.store(saved, card_file, tag)
     return True
 
 
 def resolve(selector: str) -> tuple[str, dict]:
     """(BentoML tag, how it was chosen) for `champion`, `latest` or a tag."""
-    if selector == ALIAS:
+    if selector == CHAMPION:
         return champion()
     if selector == "latest":
         return f"{BENTO_MODEL}:latest", {"by": "latest", "reason": "asked for by name: the newest stored export"}
@@ -118,7 +107,7 @@ def resolve(selector: str) -> tuple[str, dict]:
 def main(argv: list[str]) -> int:
     only_tag = "--tag" in argv
     rest = [a for a in argv if a != "--tag"]
-    selector = rest[0] if rest else ALIAS
+    selector = rest[0] if rest else CHAMPION
     try:
         tag, how = resolve(selector)
     except NoChampion as exc:

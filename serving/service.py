@@ -28,12 +28,12 @@ from fastapi.responses import FileResponse
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, Field
 
-from serving import bentoml_private, selection
+from serving import bentoml_private, contract, selection
 from serving.guard import RequestGuard, body_bounds, npy_routes, route_limits
 
 # TensorFlow's oneDNN kernels, which it turns on by default only on CPUs with
-# AVX-512 VNNI or newer: the DCGAN generator at batch 64 went from 279 to 408
-# images/s here (one thread). Set before TensorFlow loads, in the worker.
+# AVX-512 VNNI or newer; its Eigen kernels are much slower on the generators'
+# transposed convolutions. Set before TensorFlow loads, in the worker.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 Z_BOUND = 10.0          # |z| per component; N(0, 1) draws beyond this carry no meaning
 MAX_BATCH = 256         # z-vectors per /generate request
@@ -54,7 +54,7 @@ def _load_card(ref: bentoml.models.BentoModel) -> tuple[str, Path, dict]:
             f"model {ref.tag} is not in the BentoML store (BENTOML_HOME); run the "
             "pipeline's export stage, or ask for a stored tag (--arg model=<tag>)")
     path = Path(stored.path)
-    return str(stored.tag), path, json.loads((path / "model_card.json").read_text())
+    return str(stored.tag), path, json.loads((path / contract.CARD).read_text())
 
 
 if os.environ.get("MNIST_GAN_BATCH_HOLD", "0") != "1":
@@ -64,7 +64,7 @@ bentoml_private.register_npy()
 
 class ServeArgs(BaseModel):
     """`bentoml serve ... --arg model=...` (kept in a Bento built with it)."""
-    model: str = selection.ALIAS
+    model: str = contract.CHAMPION
 
 
 # The environment wins over the argument, so a container can be pointed at another tag.
@@ -171,7 +171,7 @@ class Generator:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
         self.low, self.high = (float(v) for v in CARD["output"]["range"])
-        self.model = tf.saved_model.load(str(MODEL_PATH / "saved_model"))
+        self.model = tf.saved_model.load(str(MODEL_PATH / contract.SAVED_MODEL))
         # Trace and allocate once so the first request is not the slow one.
         self.model.serve(np.zeros((1, Z_DIM), np.float32))
 

@@ -99,12 +99,13 @@ class Served:
 _STORE_SCRIPT = """
 import json, sys, tempfile
 from pathlib import Path
-from pipeline.export import export_saved_model, model_card, save_to_bentoml
+from pipeline.export import export_saved_model, model_card
+from serving import contract
 from pipeline.models import build_generator
-from pipeline.params import TrainParams
+from pipeline import params
 
 arch, z_dim, channels, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
-gen = build_generator(TrainParams(arch=arch, z_dim=z_dim), channels)
+gen = build_generator(params.load("train", changes={"arch": arch, "z_dim": z_dim, "virtual_labels": 0}), channels)
 tmp = Path(tempfile.mkdtemp())
 export_saved_model(gen, tmp / "generator")
 card = model_card(gen, {"run_id": "test-run"}, {"diversity_ratio": 0.9}, {"data_sha256": "0" * 64},
@@ -114,7 +115,7 @@ for key, value in extra.items():
         card.pop(key, None)
     else:
         card[key] = value
-print(save_to_bentoml(tmp / "generator", card))
+print(contract.store(tmp / "generator", card))
 """
 
 

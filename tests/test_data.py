@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from defaults import params_yaml
 from pipeline import data
 from pipeline.errors import StageError
 from pipeline.prepare import main as prepare_main
@@ -176,7 +177,8 @@ def run_prepare(tmp_path, params_text):
 def test_prepare_main_on_npz(tmp_path):
     ds = fake_mnist(300, 100)
     np.savez(tmp_path / "src.npz", **ds._asdict())
-    proc = run_prepare(tmp_path, f"prepare: {{source: npz, path: {tmp_path / 'src.npz'}, digits: [1, 2], limit: 10}}\n")
+    proc = run_prepare(tmp_path, params_yaml(prepare={"source": "npz", "path": str(tmp_path / "src.npz"),
+                                                       "digits": [1, 2], "limit": 10}))
     assert proc.returncode == 0, proc.stderr
     got = data.load_prepared(tmp_path / "out" / "mnist.npz")
     assert set(np.unique(got.y_train)) <= {1, 2} and len(got.y_train) == 10
@@ -185,14 +187,14 @@ def test_prepare_main_on_npz(tmp_path):
     assert rep["train"]["n"] == 10 and rep["data_sha256"] == data.arrays_sha256(got)
 
 
-@pytest.mark.parametrize("params_text, needle", [
-    ("prepare: {digits: [11]}\n", "prepare.digits.0"),
-    ("prepare: {source: tape}\n", "prepare.source"),
-    ("prepare: {source: npz, path: /nonexistent/mnist.npz}\n", "file not found"),
-    ("prepare: {source: idx, path: /nonexistent}\n", "folder not found"),
+@pytest.mark.parametrize("changes, needle", [
+    ({"digits": [11]}, "prepare.digits.0"),
+    ({"source": "tape"}, "prepare.source"),
+    ({"source": "npz", "path": "/nonexistent/mnist.npz"}, "file not found"),
+    ({"source": "idx", "path": "/nonexistent"}, "folder not found"),
 ])
-def test_prepare_bad_input_one_line_no_output(tmp_path, params_text, needle):
-    proc = run_prepare(tmp_path, params_text)
+def test_prepare_bad_input_one_line_no_output(tmp_path, changes, needle):
+    proc = run_prepare(tmp_path, params_yaml(prepare=changes))
     assert proc.returncode == 1
     assert needle in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

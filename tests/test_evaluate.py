@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from keras import ops
 
-from pipeline import classifier, data, evaluate, judge, params
+from defaults import evaluate as evaluate_params
+from defaults import judge as judge_params
+from defaults import params_yaml
+from pipeline import classifier, data, evaluate, judge
+
+def pair(scores: evaluate.Scores) -> tuple[dict, dict]:
+    """The metrics and the verdict as metrics.json and verdict.json hold them."""
+    return scores.metrics, scores.verdict.as_dict()
+
 
 N = 500  # one sampling batch: the table generators below map a batch's z to distinct images
 
@@ -24,7 +32,7 @@ def mnist():
 def judge_model(mnist, tmp_path_factory):
     """A judge trained on 12,000 training images for 3 epochs: weaker than the stage's, quicker."""
     sub = data.Mnist(mnist.x_train[:12000], mnist.y_train[:12000], mnist.x_test[:2000], mnist.y_test[:2000])
-    model, report = judge.train(sub, params.JudgeParams(epochs=3, width=8))
+    model, report = judge.train(sub, judge_params(epochs=3, width=8))
     assert report["test_accuracy"] > 0.95, report
     path = tmp_path_factory.mktemp("judge") / "judge.keras"
     model.save(path)
@@ -59,8 +67,8 @@ def heldout(mnist, p):
 
 
 def run_stage(generator, mnist, judge_path):
-    p = params.EvaluateParams(num_samples=N)
-    return evaluate.evaluate(generator, classifier.load(judge_path), mnist, p)[:2]
+    p = evaluate_params(num_samples=N, l1_samples=0)
+    return pair(evaluate.evaluate(generator, classifier.load(judge_path), mnist, p))
 
 
 def test_training_images_are_flagged_as_memorization(mnist, judge_model):
@@ -72,7 +80,7 @@ def test_training_images_are_flagged_as_memorization(mnist, judge_model):
 
 
 def test_one_digit_is_flagged_as_collapse_not_as_copying(mnist, judge_model):
-    p = params.EvaluateParams(num_samples=N)
+    p = evaluate_params(num_samples=N, l1_samples=0)
     ones = np.intersect1d(heldout(mnist, p), np.flatnonzero(mnist.y_test == 1))
     m, v = run_stage(table_generator(mnist.x_test[ones]), mnist, judge_model)
     assert v["mode_collapse"] and not v["quality_gate_passed"], v
@@ -81,7 +89,7 @@ def test_one_digit_is_flagged_as_collapse_not_as_copying(mnist, judge_model):
 
 
 def test_heldout_test_images_pass_the_gate(mnist, judge_model):
-    p = params.EvaluateParams(num_samples=N)
+    p = evaluate_params(num_samples=N, l1_samples=0)
     m, v = run_stage(table_generator(mnist.x_test[heldout(mnist, p)]), mnist, judge_model)
     assert v == {"mode_collapse": False, "memorization": False, "quality_gate_passed": True, "reasons": []}
     assert m["quality_gate_passed"] == 1 and m["modes_covered"] == 10
@@ -93,19 +101,19 @@ def test_l1_figures_on_a_subset_keep_the_verdicts(mnist, judge_model):
     """evaluate.l1_samples: the L1 figures on 200 of the 500 samples; copies are still
     copies, held-out images still pass, and the judge's figures use every sample."""
     judge = classifier.load(judge_model)
-    full, sub = params.EvaluateParams(num_samples=N), params.EvaluateParams(num_samples=N, l1_samples=200)
+    full, sub = evaluate_params(num_samples=N, l1_samples=0), evaluate_params(num_samples=N, l1_samples=200)
     gi, ri = evaluate.l1_indices(N, N, sub)
     assert len(gi) == len(ri) == 200 and len(np.unique(ri)) == 200 and ri.max() < N
     assert [len(a) for a in evaluate.l1_indices(N, N, full)] == [N, N]
 
     pick = np.random.default_rng(1).choice(len(mnist.x_train), 2000, replace=False)
-    m, v = evaluate.evaluate(table_generator(mnist.x_train[pick]), judge, mnist, sub)[:2]
+    m, v = pair(evaluate.evaluate(table_generator(mnist.x_train[pick]), judge, mnist, sub))
     assert m["num_l1"] == 200 and m["num_generated"] == N
     assert v["memorization"] and m["copy_rate_gen"] == 1 and m["copying_z"] < -3, v
 
     gen = table_generator(mnist.x_test[heldout(mnist, full)])
-    m_full, _ = evaluate.evaluate(gen, judge, mnist, full)[:2]
-    m_sub, v_sub = evaluate.evaluate(gen, judge, mnist, sub)[:2]
+    m_full, _ = pair(evaluate.evaluate(gen, judge, mnist, full))
+    m_sub, v_sub = pair(evaluate.evaluate(gen, judge, mnist, sub))
     assert not v_sub["memorization"] and not v_sub["mode_collapse"], v_sub
     for key in ("fcd", "classifier_score_ratio", "precision", "recall", "class_kl", "kid"):
         assert m_sub[key] == m_full[key], key  # the judge's figures: every sample
@@ -117,9 +125,9 @@ def test_one_digit_dataset_is_not_collapse_for_one_digit(mnist, judge_model, tmp
     """prepare.digits=[7]: real data holds one class, so a generator of 7s covers every mode."""
     keep_tr, keep_te = mnist.y_train == 7, mnist.y_test == 7
     sevens = data.Mnist(mnist.x_train[keep_tr], mnist.y_train[keep_tr], mnist.x_test[keep_te], mnist.y_test[keep_te])
-    p = params.EvaluateParams(num_samples=N)
+    p = evaluate_params(num_samples=N, l1_samples=0)
     gen = table_generator(sevens.x_test[heldout(sevens, p)])
-    m, v = evaluate.evaluate(gen, classifier.load(judge_model), sevens, p)[:2]
+    m, v = pair(evaluate.evaluate(gen, classifier.load(judge_model), sevens, p))
     assert m["modes_expected"] == 1 and m["modes_covered"] == 1 and m["class_kl"] < p.kl_max
     assert not v["mode_collapse"] and not v["memorization"], v
 
@@ -132,7 +140,7 @@ def test_cli_scores_any_saved_generator_without_mlflow(mnist, judge_model, tmp_p
     keras.Model(z, keras.layers.Reshape((28, 28, 1))(x)).save(tmp_path / "noise.keras")
     sub = data.Mnist(mnist.x_train[:5000], mnist.y_train[:5000], mnist.x_test, mnist.y_test)
     data.save_npz(sub, tmp_path / "data/prepared/mnist.npz")  # the default --data
-    (tmp_path / "params.yaml").write_text("evaluate: {num_samples: 300}\n")
+    (tmp_path / "params.yaml").write_text(params_yaml(evaluate={"num_samples": 300}))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     evaluate.main(["--generator", "noise.keras", "--judge", str(judge_model), "--out", "scored"])
@@ -144,3 +152,30 @@ def test_cli_scores_any_saved_generator_without_mlflow(mnist, judge_model, tmp_p
     for name in ("class_hist.csv", "nearest_train.png", "per_class/class_0.png", "per_class.json"):
         assert (tmp_path / "scored" / name).is_file(), name
     assert not (tmp_path / "mlflow.db").exists()  # no run file: nothing tracked
+
+
+GOOD = {"modes_covered": 10, "modes_expected": 10, "class_kl": 0.01, "diversity_ratio": 1.0,
+        "class_diversity_min": 0.9, "duplicate_rate_gen": 0.02, "duplicate_rate_real": 0.02, "copying_z": 0.0,
+        "copy_rate_gen": 0.0, "copy_rate_real": 0.0, "classifier_score_ratio": 1.0, "fcd": 2.0, "precision": 0.9,
+        "recall": 0.9}
+
+
+@pytest.mark.parametrize("key, value, kind, reason", [
+    ("modes_covered", 9, "mode_collapse", "modes_covered=9 < modes_expected=10"),
+    ("class_kl", 0.5, "mode_collapse", "class_kl=0.5 > kl_max="),
+    ("diversity_ratio", 0.1, "mode_collapse", "diversity_ratio=0.1 < diversity_min="),
+    ("class_diversity_min", 0.1, "mode_collapse", "class_diversity_min=0.1 < diversity_min="),
+    ("duplicate_rate_gen", 0.5, "mode_collapse", "duplicate_rate_gen-duplicate_rate_real=0.48 > duplicate_excess_max="),
+    ("copying_z", -5.0, "memorization", "copying_z=-5 < copying_z_min="),
+    ("copy_rate_gen", 0.5, "memorization", "copy_rate_gen-copy_rate_real=0.5 > copy_excess_max="),
+    ("classifier_score_ratio", 0.5, "quality", "classifier_score_ratio=0.5 < classifier_score_ratio_min="),
+    ("fcd", 500.0, "quality", "fcd=500 > fcd_max="),
+    ("precision", 0.1, "quality", "precision=0.1 < precision_min="),
+    ("recall", 0.1, "quality", "recall=0.1 < recall_min="),
+])
+def test_each_rule_fails_alone_and_names_its_value_and_bound(key, value, kind, reason):
+    p = evaluate_params()
+    assert evaluate.verdict(GOOD, p) == evaluate.Verdict(False, False, True, [])
+    v = evaluate.verdict({**GOOD, key: value}, p)
+    assert not v.quality_gate_passed and len(v.reasons) == 1 and v.reasons[0].startswith(f"{kind}: {reason}")
+    assert (v.mode_collapse, v.memorization) == (kind == "mode_collapse", kind == "memorization")

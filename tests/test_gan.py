@@ -3,7 +3,8 @@ images is the same computation as two passes, and is used only where it is."""
 import numpy as np
 import pytest
 
-from pipeline import params, train
+from defaults import train as train_params
+from pipeline import distribution, params, train
 
 
 def one_step(p: params.TrainParams, joint: bool, real: np.ndarray):
@@ -15,7 +16,7 @@ def one_step(p: params.TrainParams, joint: bool, real: np.ndarray):
 
 @pytest.mark.parametrize("arch,loss", [("mlp", "hinge"), ("dcgan", "bce"), ("mlp", "wgan-gp")])
 def test_joint_discriminator_pass_matches_two_passes(arch, loss):
-    p = params.TrainParams(arch=arch, loss=loss, batch_size=8, ema=0.0, jit_compile=False)
+    p = train_params(arch=arch, loss=loss, batch_size=8, ema=0.0, jit_compile=False)
     real = np.random.default_rng(1).uniform(-1, 1, (8, p.loss_params.n_critic, 28, 28, 1)).astype("float32")
     joint, w_joint = one_step(p, True, real)
     apart, w_apart = one_step(p, False, real)
@@ -29,9 +30,9 @@ def test_joint_discriminator_pass_matches_two_passes(arch, loss):
 
 
 def test_joint_pass_only_without_batch_statistics_in_d():
-    assert train.build(params.TrainParams(arch="mlp")).d_joint
-    assert train.build(params.TrainParams(arch="dcgan")).d_joint
-    bn = params.TrainParams.model_validate({"arch": "dcgan_upsample", "dcgan_upsample": {"d_bn_momentum": 0.9}})
+    assert train.build(train_params(arch="mlp")).d_joint
+    assert train.build(train_params(arch="dcgan")).d_joint
+    bn = train_params(arch="dcgan_upsample", dcgan_upsample={"d_bn_momentum": 0.9})
     assert not train.build(bn).d_joint
 
 
@@ -43,7 +44,7 @@ def test_standing_statistics_make_inference_match_batch_statistics(arch, precisi
     from pipeline.gan import float32_copy, standing_statistics
 
     # The weight average in float32: what the stage saves, and frozen (trainable False).
-    sampler = train.build(params.TrainParams(arch=arch, ema=0.999, jit_compile=False, precision=precision)).sampler
+    sampler = train.build(train_params(arch=arch, ema=0.999, jit_compile=False, precision=precision)).sampler
     g = float32_copy(sampler)
     assert {layer.dtype_policy.name for layer in sampler.layers} >= {"mixed_bfloat16" if precision == "bfloat16"
                                                                      else "float32"}
@@ -73,21 +74,21 @@ def test_standing_statistics_make_inference_match_batch_statistics(arch, precisi
 
 
 def test_auto_precision_follows_the_cpu_flags():
-    assert train.cpu_has_bf16("flags\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n")
-    assert train.cpu_has_bf16("processor: 0\nflags\t: fpu avx2 amx_bf16 amx_tile\n")
-    assert not train.cpu_has_bf16("flags\t: fpu sse avx2 fma\n")
-    assert not train.cpu_has_bf16("")
-    assert train.precision_for("float32") == "float32" and train.precision_for("bfloat16") == "bfloat16"
+    assert distribution.cpu_has_bf16("flags\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert distribution.cpu_has_bf16("processor: 0\nflags\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert not distribution.cpu_has_bf16("flags\t: fpu sse avx2 fma\n")
+    assert not distribution.cpu_has_bf16("")
+    assert distribution.precision_for("float32") == "float32" and distribution.precision_for("bfloat16") == "bfloat16"
     import tensorflow as tf
 
     if not tf.config.list_physical_devices("GPU"):  # on a CPU, auto is what the flags say
-        assert train.precision_for("auto") == ("bfloat16" if train.cpu_has_bf16() else "float32")
+        assert distribution.precision_for("auto") == ("bfloat16" if distribution.cpu_has_bf16() else "float32")
 
 
 def test_build_leaves_the_global_dtype_policy_as_it_was():
     import keras
 
-    gan = train.build(params.TrainParams(arch="mlp", precision="bfloat16", jit_compile=False))
+    gan = train.build(train_params(arch="mlp", precision="bfloat16", jit_compile=False))
     assert keras.config.dtype_policy().name == "float32"
     assert gan.generator.layers[1].dtype_policy.name == "mixed_bfloat16"
     assert gan.generator.layers[-1].dtype_policy.name == "float32"  # images and logits in full range

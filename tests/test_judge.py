@@ -4,7 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import classifier, data, judge, params
+from defaults import evaluate as evaluate_params
+from defaults import judge as judge_params
+from defaults import params_yaml
+from pipeline import classifier, data, judge
 from pipeline.errors import StageError
 
 
@@ -13,7 +16,8 @@ def test_main_writes_model_and_report(tmp_path):
     ds = data.Mnist(rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), rng.integers(0, 10, 64),
                     rng.integers(0, 256, (16, 28, 28), dtype=np.uint8), rng.integers(0, 10, 16))
     data.save_npz(ds, tmp_path / "mnist.npz")
-    (tmp_path / "params.yaml").write_text("judge: {epochs: 1, batch_size: 16, width: 4, feature_dim: 8}\n")
+    (tmp_path / "params.yaml").write_text(params_yaml(judge={"epochs": 1, "batch_size": 16, "width": 4,
+                                                             "feature_dim": 8}))
     judge.main(["--params", str(tmp_path / "params.yaml"), "--data", str(tmp_path / "mnist.npz"),
                 "--model", str(tmp_path / "judge.keras"), "--report", str(tmp_path / "judge.json")])
     report = json.loads((tmp_path / "judge.json").read_text())
@@ -27,9 +31,9 @@ def test_main_writes_model_and_report(tmp_path):
                                       ({"seeds": 1}, "judge.seeds")])
 def test_bad_params_name_the_key(raw, key):
     with pytest.raises(StageError, match=key):
-        params.parse("judge", raw)
+        judge_params(**raw)
 
 
 def test_evaluate_thresholds_are_validated():
     with pytest.raises(StageError, match="evaluate.precision_min"):
-        params.parse("evaluate", {"precision_min": 2})
+        evaluate_params(precision_min=2)

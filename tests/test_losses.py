@@ -55,11 +55,20 @@ def test_loss_values():
     real = tf.constant([[2.0], [0.5]])
     fake = tf.constant([[-1.0], [0.0]])
     sp = lambda v: np.log1p(np.exp(v))  # softplus
-    assert float(losses.d_loss("bce", real, fake)) == pytest.approx(
+    bce, wgan, hinge = (losses.REGISTRY[name] for name in ("bce", "wgan", "hinge"))
+    assert float(bce.d(real, fake)) == pytest.approx(
         np.mean(sp(-np.array([2.0, 0.5]))) + np.mean(sp(np.array([-1.0, 0.0]))), rel=1e-6)
-    assert float(losses.g_loss("bce", fake)) == pytest.approx(np.mean(sp(-np.array([-1.0, 0.0]))), rel=1e-6)
-    assert float(losses.d_loss("wgan", real, fake)) == pytest.approx(-0.5 - 1.25)
-    assert float(losses.d_loss("hinge", real, fake)) == pytest.approx((0 + 0.5) / 2 + (0 + 1) / 2)
-    assert float(losses.g_loss("hinge", fake)) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="allowed"):
-        losses.d_loss("lsgan", real, fake)
+    assert float(bce.g(fake)) == pytest.approx(np.mean(sp(-np.array([-1.0, 0.0]))), rel=1e-6)
+    assert float(wgan.d(real, fake)) == pytest.approx(-0.5 - 1.25)
+    assert float(hinge.d(real, fake)) == pytest.approx((0 + 0.5) / 2 + (0 + 1) / 2)
+    assert float(hinge.g(fake)) == pytest.approx(0.5)
+    assert losses.REGISTRY["wgan-gp"].critic and wgan.critic and not bce.critic and not hinge.critic
+
+
+def test_every_loss_is_a_train_loss_value_with_its_params_section():
+    import typing
+
+    from pipeline.params import LossesParams, TrainParams
+
+    assert typing.get_args(TrainParams.model_fields["loss"].annotation) == losses.NAMES
+    assert set(LossesParams.model_fields) == {losses.section(name) for name in losses.NAMES}

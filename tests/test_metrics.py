@@ -56,11 +56,31 @@ def test_report_flags_copies_and_collapse():
     test = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
     copies = train[:30]
     collapsed = np.repeat(test[:1], 30, axis=0)
-    m = metrics.l1_report(copies, test, train)
-    assert m["l1_nearest_train_gen"] == 0 and m["memorization_ratio"] == 0
-    m = metrics.l1_report(collapsed, test, train)
+    copied = metrics.l1_details(copies, test, train)
+    assert copied.figures["l1_nearest_train_gen"] == 0 and copied.figures["memorization_ratio"] == 0
+    assert np.array_equal(copied.gen_arg, np.arange(30)) and not copied.gen_nn.any()
+    m = metrics.l1_details(collapsed, test, train).figures
     assert m["l1_pairwise_gen"] == 0 and m["diversity_ratio"] == 0
     assert abs(m["l1_pairwise_real"] - metrics.mean_pairwise_l1(test)) < 1e-12
+
+
+def test_per_class_diversity_leaves_out_small_classes_and_flags_a_collapsed_one():
+    real = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    real_cls = np.repeat([0, 1, 2, 3], 10)
+    gen = np.concatenate([real[:10], np.repeat(real[10:11], 10, axis=0), real[20:25]])
+    gen_cls = np.repeat([0, 1, 2], [10, 10, 5])
+    out = metrics.per_class_diversity(gen, gen_cls, real, real_cls, classes=4)
+    assert set(out) == {0, 1}  # class 2 has 5 generated images, class 3 none
+    assert out[0].ratio == pytest.approx(1.0) and out[1].ratio == 0 and out[1].num_generated == 10
+
+
+def test_class_matched_rate_weighs_each_class_by_the_target_mix():
+    cls = np.repeat([0, 1], 20)
+    flags = np.concatenate([np.ones(20, bool), np.zeros(20, bool)])  # every class-0 image flagged
+    assert metrics.class_matched_rate(flags, cls, np.zeros(7, int)) == 1.0
+    assert metrics.class_matched_rate(flags, cls, np.repeat([0, 1], [3, 1])) == pytest.approx(0.75)
+    # A class with too few real images takes the overall rate.
+    assert metrics.class_matched_rate(flags, cls, np.full(4, 5)) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("ties", [False, True])

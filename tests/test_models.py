@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
-from pipeline import models
-from pipeline.params import TrainParams
+from defaults import train as train_params
+from pipeline import archs, layers, models
 
 
 def build(arch, **kw):
-    p = TrainParams(arch=arch, z_dim=kw.pop("z_dim", 100), **kw)
+    p = train_params(arch=arch, **{"z_dim": 100, "virtual_labels": 0, **kw})
     return models.build_generator(p), models.build_discriminator(p)
 
 
@@ -43,7 +43,7 @@ def test_upsample_transpose_switch():
     assert "UpSampling2D" not in kinds and kinds.count("Conv2DTranspose") == 4
 
 
-@pytest.mark.parametrize("arch", models.ARCHS)
+@pytest.mark.parametrize("arch", archs.NAMES)
 def test_shapes_and_range(arch):
     g, d = build(arch, z_dim=16)
     img = g(np.random.default_rng(0).standard_normal((3, 16)).astype("float32")).numpy()
@@ -52,7 +52,7 @@ def test_shapes_and_range(arch):
 
 
 def test_summary_cli_prints_counts(capsys):
-    models.main(["--arch", "dcgan"])
+    models.main(["--arch", "dcgan", "--set", "train.virtual_labels=0", "--set", "train.z_dim=100"])
     out = capsys.readouterr().out
     assert "1,080,577" in out and "1,301,505" in out
 
@@ -60,15 +60,18 @@ def test_summary_cli_prints_counts(capsys):
 def test_the_registry_is_the_params_arch_list():
     import typing
 
+    from pipeline.params import TrainParams
+
     allowed = typing.get_args(TrainParams.model_fields["arch"].annotation)
-    assert set(models.REGISTRY) == set(allowed) and set(allowed) <= set(TrainParams.model_fields)
+    assert allowed == archs.NAMES and set(allowed) <= set(TrainParams.model_fields)
+    assert all(TrainParams.model_fields[name].annotation is arch.params for name, arch in archs.REGISTRY.items())
 
 
 def test_a_generator_of_one_arch_with_the_discriminator_of_another():
     g, d = build("dcgan_upsample", d_arch="mlp", z_dim=8)
     assert any("conv" in layer.name for layer in g.layers)
-    assert d.count_params() == models.build_discriminator(TrainParams(arch="mlp")).count_params()
-    p = TrainParams(arch="dcgan_upsample", d_arch="mlp")
+    assert d.count_params() == models.build_discriminator(train_params(arch="mlp", d_arch=None)).count_params()
+    p = train_params(arch="dcgan_upsample", d_arch="mlp")
     flat = p.flat()
     assert flat["train.d_arch"] == "mlp" and "train.mlp.d_units" in flat and "train.dcgan_upsample.g_filters" in flat
 
@@ -77,7 +80,7 @@ def test_virtual_label_is_a_uniform_code_read_off_z():
     """The code is one_hot(argmax(z[:k])) * scale appended to z: uniform over k for
     z ~ N(0, I), a deterministic function of z (the input stays z alone)."""
     k, scale = 30, 4.0
-    layer = models.VirtualLabel(k, scale)
+    layer = layers.VirtualLabel(k, scale)
     z = np.random.default_rng(0).standard_normal((60_000, 100)).astype("float32")
     out = np.asarray(layer(z))
     assert out.shape == (60_000, 130)
@@ -90,11 +93,11 @@ def test_virtual_label_is_a_uniform_code_read_off_z():
     assert chi2 < 70, chi2  # 29 degrees of freedom: p < 1e-4 beyond 70
 
 
-@pytest.mark.parametrize("arch", models.ARCHS)
+@pytest.mark.parametrize("arch", archs.NAMES)
 def test_generators_with_virtual_labels_save_and_load(arch, tmp_path):
-    p = TrainParams(arch=arch, z_dim=16, virtual_labels=10)
+    p = train_params(arch=arch, z_dim=16, virtual_labels=10)
     g = models.build_generator(p)
-    assert any(isinstance(layer, models.VirtualLabel) for layer in g.layers) and g.input_shape == (None, 16)
+    assert any(isinstance(layer, layers.VirtualLabel) for layer in g.layers) and g.input_shape == (None, 16)
     z = np.random.default_rng(1).standard_normal((4, 16)).astype("float32")
     g.save(tmp_path / "g.keras")
     back = models.load_generator(tmp_path / "g.keras")
@@ -103,12 +106,12 @@ def test_generators_with_virtual_labels_save_and_load(arch, tmp_path):
     other = z.copy()
     other[:, [0, 1]] = other[:, [1, 0]] + np.array([[5.0, -5.0]], np.float32)
     assert not np.allclose(g(other).numpy(), g(z).numpy())
-    assert not any(isinstance(layer, models.VirtualLabel) for layer in
-                   models.build_generator(TrainParams(arch=arch, z_dim=16)).layers)
+    assert not any(isinstance(layer, layers.VirtualLabel) for layer in
+                   models.build_generator(train_params(arch=arch, z_dim=16, virtual_labels=0)).layers)
 
 
 def test_virtual_labels_cannot_exceed_z_dim():
-    from pydantic import ValidationError
+    from pipeline.errors import StageError
 
-    with pytest.raises(ValidationError, match="train.virtual_labels=20 must be at most train.z_dim=16"):
-        TrainParams(z_dim=16, virtual_labels=20)
+    with pytest.raises(StageError, match="train.virtual_labels=20 must be at most train.z_dim=16"):
+        train_params(z_dim=16, virtual_labels=20)

@@ -17,13 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from defaults import params_yaml
 from test_train import losses_csv, mlflow_client, tiny_data, train_cmd
 
 STEPS, STOP = 6, 3
 # wgan-gp: five critic updates a step and the penalty's alpha, so every kind of batch
 # and noise is compared; the MLP's generator has BatchNorm (synchronized across workers).
-PARAMS = ("train: {{arch: mlp, loss: wgan-gp, steps: {steps}, batch_size: 8, z_dim: 8, seed: 5, sample_every: 3,"
-          " log_every: 1, checkpoint_every: 3, jit_compile: false, ema: 0.9, strategy: {strategy}}}\n")
+
+
+def params_text(steps: int, strategy: str) -> str:
+    return params_yaml(train=dict(arch="mlp", loss="wgan-gp", steps=steps, batch_size=8, z_dim=8, virtual_labels=0,
+                                  seed=5, sample_every=3, log_every=1, checkpoint_every=3, jit_compile=False, ema=0.9,
+                                  strategy=strategy))
 # Float32 sums in another order: one device reduces each loss, gradient and BatchNorm
 # moment over the 8 rows at once, two workers over their 4 rows each and then all-reduce
 # the halves (the moments as E[x^2] - E[x]^2, not TF's two-pass variance). That is ~1e-7
@@ -147,8 +152,8 @@ def weights(path: Path) -> list[np.ndarray]:
 def test_two_workers_train_as_one_device_and_resume_from_the_chief(tmp_path):
     ref, d = tiny_data(tmp_path / "single"), tmp_path / "multi"
     shutil.copytree(ref, d)
-    (ref / "params.yaml").write_text(PARAMS.format(steps=STEPS, strategy="default"))
-    (d / "params.yaml").write_text(PARAMS.format(steps=STEPS, strategy="multi_worker"))
+    (ref / "params.yaml").write_text(params_text(STEPS, "default"))
+    (d / "params.yaml").write_text(params_text(STEPS, "multi_worker"))
 
     # The one-device run beside the workers' first part (two cores: three processes at once).
     single = start(ref, "single")
@@ -213,32 +218,36 @@ def test_two_workers_train_as_one_device_and_resume_from_the_chief(tmp_path):
     ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": 1}}', "TF_CONFIG is malformed"),
     ('{"cluster": {"ps": ["h:1"]}, "task": {"type": "ps", "index": 0}}', "TF_CONFIG is malformed"),
 ])
-def test_tf_config_is_required_and_checked(value, needle):
-    from pipeline import train
+def test_tf_config_is_required_and_checked(value, needle, monkeypatch):
+    from pipeline import distribution
     from pipeline.errors import StageError
 
+    if value is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", value)
     with pytest.raises(StageError) as err:
-        train.tf_config({} if value is None else {"TF_CONFIG": value})
+        distribution.task()
     assert needle in str(err.value) and '"task": {"type": "worker", "index": 0}' in str(err.value)
     assert "\n" not in str(err.value)
 
 
-def test_the_chief_is_the_chief_task_else_worker_0():
-    from pipeline import train
+def test_the_chief_is_the_chief_task_else_worker_0(monkeypatch):
+    from pipeline import distribution
 
     both = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
     workers_only = {"worker": ["b:1", "c:1"]}
-    assert train.tf_config({"TF_CONFIG": json.dumps({"cluster": both, "task": {"type": "worker", "index": 1}})}) \
-        == ("worker", 1, both)
-    assert train.is_chief("chief", 0, both) and not train.is_chief("worker", 0, both)
-    assert train.is_chief("worker", 0, workers_only) and not train.is_chief("worker", 1, workers_only)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": both, "task": {"type": "worker", "index": 1}}))
+    assert distribution.task() == distribution.Task("worker", 1, both)
+    assert distribution.Task("chief", 0, both).chief and not distribution.Task("worker", 0, both).chief
+    assert distribution.Task("worker", 0, workers_only).chief and not distribution.Task("worker", 1, workers_only).chief
 
 
 def test_missing_tf_config_stops_the_stage_in_one_line(tmp_path):
-    from pipeline.train import TF_CONFIG_HELP
+    from pipeline.distribution import TF_CONFIG_HELP
 
     tiny_data(tmp_path)
-    (tmp_path / "params.yaml").write_text(PARAMS.format(steps=2, strategy="multi_worker"))
+    (tmp_path / "params.yaml").write_text(params_text(2, "multi_worker"))
     environ = {k: v for k, v in env(tmp_path).items() if k != "TF_CONFIG"}
     proc = subprocess.run(train_cmd(tmp_path), capture_output=True, text=True, env=environ, timeout=120)
     assert proc.returncode == 1

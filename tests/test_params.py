@@ -1,44 +1,104 @@
+"""params.yaml is the one place defaults live: the models validate it, name the key
+of any bad or missing value, and list every key in effect."""
 import pytest
 import yaml
 
-from pipeline import params
+from defaults import PARAMS
+from defaults import train as train_params
+from pipeline import archs, losses, params
 from pipeline.errors import StageError
+
+REPO = yaml.safe_load(PARAMS.read_text())
 
 
 def test_repo_params_are_valid():
     for section in params.SECTIONS:
-        params.load(section, "params.yaml")
+        params.load(section, PARAMS)
 
 
-def test_repo_params_hold_the_seed_defaults():
-    # Deliberate departures from the seed's numbers, measured and commented in params.yaml:
-    # the MLP's Adam (beta_1, learning rate) and the virtual labels (none in the seeds);
-    # the run's length, batch, loss and weight average are the pipeline's choice
-    # (README, "Defaults").
-    run = {"steps", "batch_size", "loss", "ema", "sample_every"}
-    repo = params.load("train", "params.yaml").model_dump(exclude=run)
-    seeds = params.TrainParams().model_dump(exclude=run)
-    assert repo.pop("virtual_labels") == 30
-    assert seeds.pop("virtual_labels") == 0
-    for key, ours, seed in [("beta_1", 0.5, 0.9), ("d_lr", 8e-4, 2e-4), ("g_lr", 8e-4, 2e-4)]:
-        assert repo["mlp"]["optimizer"].pop(key) == ours
-        assert seeds["mlp"]["optimizer"].pop(key) == seed
-    assert repo == seeds
+def leaves(doc, prefix=""):
+    out = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
-def test_defaults_fill_missing_section():
-    assert params.parse("train", None) == params.TrainParams()
+@pytest.mark.parametrize("section", list(params.SECTIONS))
+def test_every_key_of_a_section_is_required(section):
+    """No model default stands behind params.yaml: each key removed is an error naming it."""
+    for key in leaves(REPO[section]):
+        doc = yaml.safe_load(PARAMS.read_text())[section]
+        *path, last = key.split(".")
+        node = doc
+        for part in path:
+            node = node[part]
+        if node is None:
+            continue
+        del node[last]
+        with pytest.raises(StageError, match=f"{section}.{key}: missing"):
+            params.parse(section, doc)
+
+
+def test_a_missing_section_is_an_error():
+    with pytest.raises(StageError, match="the section train is missing"):
+        params.parse("train", None)
+
+
+def test_every_registered_arch_and_loss_has_its_section():
+    assert set(REPO["train"]) >= set(archs.NAMES)
+    assert set(REPO["train"]["losses"]) == {losses.section(name) for name in losses.NAMES}
+
+
+def test_the_arch_and_loss_comments_list_the_registries():
+    lines = {line.split(":")[0].strip(): line for line in PARAMS.read_text().splitlines() if ":" in line}
+    for key, names in (("arch", archs.NAMES), ("loss", losses.NAMES)):
+        listed = lines[key].split("#", 1)[1].split("(")[0].split("|")
+        assert tuple(name.strip() for name in listed) == names
+
+
+def test_flat_lists_every_key_in_effect():
+    """The flat list is walked from the model: every leaf of the train section but other
+    archs' and losses' sections is there, with the loss's settings under generic names."""
+    p = train_params(arch="dcgan", loss="wgan-gp")
+    flat = p.flat()
+    train = REPO["train"]
+    skip = {*archs.NAMES, "losses"}
+    assert {f"train.{k}" for k in train if k not in skip} <= flat.keys()
+    assert {f"train.dcgan.{k}" for k in leaves(train["dcgan"])} <= flat.keys()
+    assert not any(k.startswith(("train.mlp.", "train.losses.")) for k in flat)
+    settings = train["losses"]["wgan_gp"]
+    assert {k: flat[f"train.{k}"] for k in ("n_critic", "clip", "gp_weight", "r1_weight")} == \
+        {k: settings[k] for k in ("n_critic", "clip", "gp_weight", "r1_weight")}
+    assert flat["train.optimizer.name"] == settings["optimizer"]["name"]
+    assert flat["train.d_arch"] == "dcgan"
+
+
+def test_override_merges_nested_and_dotted_keys_and_validates():
+    p = train_params()
+    q = params.override(p, {"mlp.d_dropout": 0.25, "dcgan": {"kernel_size": 3}})
+    assert q.mlp.d_dropout == 0.25 and q.dcgan.kernel_size == 3 and q.dcgan.g_filters == p.dcgan.g_filters
+    with pytest.raises(StageError, match="train.dcgan.kernel_size"):
+        params.override(p, {"dcgan.kernel_size": 0})
+
+
+def test_with_sets_applies_dvc_style_items():
+    doc = params.with_sets({"train": {"steps": 1, "mlp": {"g_units": [1]}}},
+                           ["train.steps=5", "train.mlp.g_units=[2, 3]", "evaluate.kl_max=0.2"])
+    assert doc == {"train": {"steps": 5, "mlp": {"g_units": [2, 3]}}, "evaluate": {"kl_max": 0.2}}
 
 
 @pytest.mark.parametrize("section, raw, needle", [
     ("prepare", {"digits": [3, 11]}, "prepare.digits.1"),
     ("prepare", {"source": "web"}, "'pypi', 'keras', 'npz' or 'idx'"),
-    ("prepare", {"source": "npz"}, "path is required"),
+    ("prepare", {"source": "npz", "path": ""}, "path is required"),
     ("prepare", {"limit": -1}, "prepare.limit"),
     ("prepare", {"colour": 1}, "prepare.colour"),
     ("train", {"arch": "vae"}, "'mlp', 'dcgan', 'dcgan_upsample' or 'dcgan_paper'"),
     ("train", {"loss": "lsgan"}, "'bce', 'wgan', 'wgan-gp' or 'hinge'"),
-    ("train", {"mlp": {"optimizer": {"name": "sgd", "d_lr": 1, "g_lr": 1}}}, "train.mlp.optimizer.name"),
+    ("train", {"mlp": {"optimizer": {"name": "sgd"}}}, "train.mlp.optimizer.name"),
     ("train", {"losses": {"wgan": {"n_critic": 0}}}, "train.losses.wgan.n_critic"),
     ("train", {"dcgan": {"g_strides": [2, 2, 2, 1]}}, "expected 28x28"),
     ("train", {"steps": 0}, "train.steps"),
@@ -50,9 +110,9 @@ def test_defaults_fill_missing_section():
 ])
 def test_bad_values_name_the_key(section, raw, needle):
     with pytest.raises(StageError) as err:
-        params.parse(section, raw)
+        params.parse(section, params._merge(REPO[section], raw))
     assert needle in str(err.value)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "missing" not in str(err.value)
 
 
 def test_load_reports_missing_file_and_bad_yaml(tmp_path):

@@ -1,6 +1,6 @@
 """Facts about the project's own files: every stage's `deps` in dvc.yaml list
-every `pipeline/` module it imports (directly or not), MLflow is imported in
-one module only, and no stage imports another stage."""
+every project module it imports (directly or not), MLflow is imported in one
+pipeline module only, and no stage imports another stage."""
 from __future__ import annotations
 
 import ast
@@ -15,31 +15,40 @@ PIPELINE = ROOT / "pipeline"
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
+PACKAGES = ("pipeline", "serving")
+
+
+def module_file(module: str) -> Path:
+    return ROOT / (module.replace(".", "/") + ".py")
+
+
 def imported_modules(path: Path) -> set[str]:
-    """`pipeline.*` modules a file imports anywhere in it (lazy imports included)."""
+    """The project's modules (`pipeline.*`, `serving.*`) a file imports anywhere in it
+    (lazy imports included)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("pipeline.")}
+            found |= {a.name for a in node.names if a.name.split(".")[0] in PACKAGES}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "pipeline":
-                found |= {f"pipeline.{a.name}" for a in node.names}
-            elif node.module.startswith("pipeline."):
+            if node.module in PACKAGES:
+                found |= {f"{node.module}.{a.name}" for a in node.names}
+            elif node.module.split(".")[0] in PACKAGES:
                 found.add(node.module)
-    return {m for m in found if (PIPELINE / f"{m.split('.', 1)[1]}.py").is_file()}
+    return {m for m in found if module_file(m).is_file()}
 
 
 def closure(module: str) -> set[str]:
-    """The module and everything it imports from pipeline/, transitively, as paths."""
+    """The module and everything it imports from the project, transitively, as paths."""
     seen, todo = set(), [module]
     while todo:
         m = todo.pop()
         if m in seen:
             continue
         seen.add(m)
-        todo += imported_modules(PIPELINE / f"{m.split('.', 1)[1]}.py")
-    # Importing any of them runs the package's __init__ first.
-    return {f"pipeline/{m.split('.', 1)[1]}.py" for m in seen} | {"pipeline/__init__.py"}
+        todo += imported_modules(module_file(m))
+    # Importing any of them runs its package's __init__ first.
+    inits = {f"{m.split('.')[0]}/__init__.py" for m in seen if module_file(m.split(".")[0] + ".__init__").is_file()}
+    return {str(module_file(m).relative_to(ROOT)) for m in seen} | inits
 
 
 def stage_module(stage: dict) -> str:
@@ -49,11 +58,12 @@ def stage_module(stage: dict) -> str:
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_deps_list_every_module_it_imports(name):
     stage = STAGES[name]
-    listed = {d for d in stage["deps"] if d.startswith("pipeline/")}
+    listed = {d for d in stage["deps"] if d.startswith(tuple(f"{p}/" for p in PACKAGES))}
     needed = closure(stage_module(stage))
     assert needed <= listed, f"{name}: add to deps: {sorted(needed - listed)}"
-    # Modules listed but never imported must be files the stage names (export logs mlflow_model.py).
-    source = (ROOT / f"pipeline/{stage_module(stage).split('.', 1)[1]}.py").read_text()
+    # Files listed but never imported must be files the stage's code names (export logs
+    # mlflow_model.py and the serving requirements).
+    source = "".join((ROOT / f).read_text() for f in needed)
     for extra in listed - needed:
         assert (ROOT / extra).is_file() and Path(extra).name in source, \
             f"{name}: {extra} is listed but neither imported nor named by the stage"
@@ -62,7 +72,7 @@ def test_stage_deps_list_every_module_it_imports(name):
 def test_no_stage_imports_another_stage():
     stage_files = {f"pipeline/{stage_module(s).split('.', 1)[1]}.py" for s in STAGES.values()}
     for f in stage_files:
-        others = {f"pipeline/{m.split('.', 1)[1]}.py" for m in imported_modules(ROOT / f)} & stage_files
+        others = {str(module_file(m).relative_to(ROOT)) for m in imported_modules(ROOT / f)} & stage_files
         assert not others - {f}, f"{f} imports the stage(s) {sorted(others - {f})}"
 
 

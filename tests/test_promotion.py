@@ -88,10 +88,10 @@ import json, sys
 from pathlib import Path
 from pipeline import tracking
 from pipeline.models import build_generator
-from pipeline.params import TrainParams
+from pipeline import params
 
 tmp, sequence = Path(sys.argv[1]), json.loads(sys.argv[2])
-build_generator(TrainParams(arch="mlp", z_dim=8)).save(tmp / "generator.keras")
+build_generator(params.load("train", changes={"arch": "mlp", "z_dim": 8, "virtual_labels": 0})).save(tmp / "generator.keras")
 for i, (gate, fcd, ratio, protocol) in enumerate(sequence, 1):
     d = tmp / f"c{i}"
     d.mkdir()

@@ -11,8 +11,6 @@ from pipeline import params
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from ops.recipe import overrides  # noqa: E402
-sys.path.insert(0, str(ROOT / "bench"))
-from seeds import with_overrides  # noqa: E402
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
@@ -21,11 +19,33 @@ def test_there_are_recipes_for_the_seeds_convolutional_archs():
     assert {p.stem for p in RECIPES} >= {"dcgan", "dcgan_upsample"}
 
 
+SEEDS = {"mlp_seed004": {"batch_size": 32, "steps": 50000,
+                         "optimizer": {"name": "adam", "d_lr": 2e-4, "g_lr": 2e-4, "beta_1": 0.9}},
+         "dcgan_seed001": {"optimizer": {"name": "rmsprop", "d_lr": 2e-4, "g_lr": 1e-4}},
+         "dcgan_upsample_seed002": {"batch_size": 64, "steps": 2000,
+                                    "optimizer": {"name": "rmsprop", "d_lr": 8e-4, "g_lr": 4e-4}}}
+
+
+@pytest.mark.parametrize("recipe", sorted(SEEDS))
+def test_each_seed_arch_has_a_recipe_of_the_seeds_own_numbers(recipe):
+    """The seeds' training numbers, where params.yaml departs from them, are a recipe:
+    no weight average, no virtual labels, float32, the seed's optimizer, batch and length."""
+    doc = params.with_sets(yaml.safe_load((ROOT / "params.yaml").read_text()),
+                           overrides(ROOT / "recipes" / f"{recipe}.yaml"))
+    train = params.parse("train", doc["train"])
+    want = SEEDS[recipe]
+    assert (train.ema, train.virtual_labels, train.precision, train.loss, train.d_arch) == (0.0, 0, "float32", "bce",
+                                                                                             None)
+    assert {k: getattr(train.optimizer, k) for k in want["optimizer"]} == want["optimizer"]
+    assert {k: getattr(train, k) for k in want if k != "optimizer"} == {k: v for k, v in want.items()
+                                                                        if k != "optimizer"}
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_overrides_validate_and_change_what_they_name(recipe):
     items = overrides(recipe)
     repo = yaml.safe_load((ROOT / "params.yaml").read_text())
-    doc = with_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), items)
+    doc = params.with_sets(yaml.safe_load((ROOT / "params.yaml").read_text()), items)
     for section in params.SECTIONS:
         params.parse(section, doc.get(section))
     train = params.parse("train", doc["train"])

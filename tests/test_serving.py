@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 from e2e_util import ROOT, BIN, Served, serving_env, store_generator
+from serving import contract
 
 pytestmark = pytest.mark.e2e
 Z_DIM = 24
@@ -475,6 +476,22 @@ def test_bentoml_build(home, bento):
     referenced = yaml.safe_load(manifest)["services"][0]["models"]
     assert [m["tag"] for m in referenced] == [chosen] and chosen in stored
     assert yaml.safe_load(manifest)["args"] == {"model": chosen}
+    # Its Python packages are serving/requirements.txt's.
+    packed = (tmp / "bentoml/bentos" / name / version / "env/python/requirements.txt").read_text().split()
+    assert set(pins(contract.REQUIREMENTS)) <= set(packed)
+
+
+def pins(path) -> list[str]:
+    return [line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()]
+
+
+def test_the_served_tensorflow_is_the_projects():
+    """One pin of the serving TensorFlow (the CPU build), at the project's version."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    version = next(d.split("==")[1] for d in project if d.startswith("tensorflow=="))
+    assert [p for p in pins(contract.REQUIREMENTS) if p.startswith("tensorflow")] == [f"tensorflow-cpu=={version}"]
 
 
 @pytest.mark.parametrize("override", [False, True], ids=["its-model", "MNIST_GAN_MODEL"])

@@ -6,8 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import classifier, data, evaluate, metrics, models, params
-from pipeline.params import TrainParams
+from pipeline import archs, classifier, data, evaluate, layers, metrics, models
+from pipeline.errors import StageError
+from defaults import evaluate as evaluate_params
+from defaults import prepare as prepare_params
+from defaults import train as train_params
 
 LEVEL = 25  # a synthetic digit d is an image of constant pixels d * LEVEL
 
@@ -49,12 +52,13 @@ def test_training_set_draws_train_from_train_and_test_from_test():
     xt, yt = synthetic_digits(seed=1)
     xt, yt = xt[yt < 5], yt[yt < 5]  # the test digits: 0-4 only
     ds = data.Mnist(xa, ya, xt, yt)
-    p = params.PrepareParams(dataset="stacked", stacked_train=3000, stacked_test=500)
+    p = prepare_params(dataset="stacked", stacked_train=3000, stacked_test=500)
     st = data.training_set(ds, p)
     assert st.x_train.shape == (3000, 28, 28, 3) and st.x_test.shape == (500, 28, 28, 3)
     assert data.digits_of(st.y_test).max() <= 4 and data.digits_of(st.y_train).max() == 9
-    assert data.classes_of(st) == 1000 and data.classes_of(ds) == 10
-    assert data.training_set(ds, params.PrepareParams()) is ds
+    assert st.y_train.min() >= 0 and st.y_train.max() < 1000 and len(np.unique(st.y_train)) > 900
+    assert data.channels_of(st) == 3 and data.channels_of(ds) == 1
+    assert data.training_set(ds, prepare_params(dataset="mnist")) is ds
 
 
 def test_the_per_channel_mode_counter_agrees_with_a_direct_count():
@@ -74,13 +78,13 @@ def stacked_sets():
     xa, ya = synthetic_digits(per_digit=30, seed=0)
     xt, yt = synthetic_digits(per_digit=30, seed=1)
     return data.training_set(data.Mnist(xa, ya, xt, yt),
-                             params.PrepareParams(dataset="stacked", stacked_train=4000, stacked_test=4000))
+                             prepare_params(dataset="stacked", stacked_train=4000, stacked_test=4000))
 
 
 def papers_modes_and_kl(gen: np.ndarray, st: data.Mnist, n: int):
-    p = params.EvaluateParams(num_samples=n)
-    m, v, _ = evaluate.score(gen, st.x_test[:n], st.y_test[:n], st.x_train, oracle_judge(), p)
-    return m, v
+    p = evaluate_params(num_samples=n, l1_samples=0)
+    scores = evaluate.score(gen, st.x_test[:n], st.y_test[:n], st.x_train, oracle_judge(), p)
+    return scores.metrics, scores.verdict.as_dict()
 
 
 def test_a_generator_of_ten_codes_gets_ten_modes_and_a_large_kl(stacked_sets):
@@ -114,14 +118,14 @@ def test_the_papers_kl_against_a_direct_formula():
 
 def test_pack_concatenates_consecutive_images_along_channels():
     x = np.arange(4 * 2 * 2 * 3, dtype=np.float32).reshape(4, 2, 2, 3)
-    out = models.Pack(2)(x).numpy()
+    out = layers.Pack(2)(x).numpy()
     assert out.shape == (2, 2, 2, 6)
     assert np.array_equal(out[1], np.concatenate([x[2], x[3]], axis=-1))
 
 
-@pytest.mark.parametrize("arch", models.ARCHS)
+@pytest.mark.parametrize("arch", archs.NAMES)
 def test_every_arch_draws_three_channels_and_judges_packs(arch):
-    p = TrainParams(arch=arch, z_dim=16, pack=2, batch_size=4)
+    p = train_params(arch=arch, z_dim=16, virtual_labels=0, pack=2, batch_size=4)
     g, d = models.build_generator(p, channels=3), models.build_discriminator(p, channels=3)
     img = g(np.random.default_rng(0).standard_normal((4, 16)).astype("float32")).numpy()
     assert img.shape == (4, 28, 28, 3) and np.abs(img).max() <= 1
@@ -129,16 +133,16 @@ def test_every_arch_draws_three_channels_and_judges_packs(arch):
 
 
 def test_the_papers_dcgan_layers():
-    g, d = models.build_generator(TrainParams(arch="dcgan_paper"), 3), models.build_discriminator(
-        TrainParams(arch="dcgan_paper"), 3)
+    p = train_params(arch="dcgan_paper", d_arch=None)
+    g, d = models.build_generator(p, 3), models.build_discriminator(p, 3)
     shapes = [tuple(l.output.shape[1:]) for l in g.layers if l.__class__.__name__ in ("Conv2DTranspose", "Cropping2D")]
     assert shapes == [(4, 4, 256), (8, 8, 128), (7, 7, 128), (14, 14, 64), (28, 28, 3)]
     assert [l.filters for l in d.layers if l.__class__.__name__ == "Conv2D"] == [64, 128, 256, 512]
 
 
 def test_pack_must_divide_the_batch():
-    with pytest.raises(ValueError, match="multiple of train.pack=3"):
-        TrainParams(batch_size=64, pack=3)
+    with pytest.raises(StageError, match="multiple of train.pack=3"):
+        train_params(batch_size=64, pack=3)
 
 
 @pytest.mark.parametrize("arch,loss", [("dcgan", "bce"), ("dcgan_paper", "wgan-gp"), ("mlp", "hinge")])
@@ -147,14 +151,14 @@ def test_a_packed_gan_trains_on_stacked_images(arch, loss):
     D has no batch statistics, dcgan; in two where it has, dcgan_paper)."""
     from pipeline import train
 
-    p = TrainParams(arch=arch, loss=loss, z_dim=8, batch_size=8, pack=2, steps=2, jit_compile=False,
+    p = train_params(arch=arch, loss=loss, z_dim=8, virtual_labels=0, batch_size=8, pack=2, steps=2, jit_compile=False,
                     dcgan={"g_filters": [8, 4, 1], "g_strides": [2, 2, 1], "d_filters": [8, 8],
                            "d_strides": [2, 2], "kernel_size": 3},
                     dcgan_paper={"gf": 4, "df": 4}, mlp={"g_units": [16], "d_units": [16]})
     gan = train.build(p, "float32", channels=3)
     x, y = synthetic_digits()
     images, _ = data.stack(x, y, 64, seed=0)
-    history = train.fit(gan, p, images, None, verbose=0)
+    history = train.fit(gan, p, images, verbose=0)
     assert len(history.rows) == 2 and all(np.isfinite(r["d_loss"]) for r in history.rows)
     assert gan.sampler(np.zeros((2, 8), np.float32)).shape == (2, 28, 28, 3)
 
