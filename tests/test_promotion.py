@@ -83,31 +83,58 @@ SEQUENCE = [
     ((True, 1.0, 0.99, "0therprot0c0l"), ("4", False, ["protocol", PROTOCOL, "0therprot0c0l"])),
 ]
 
-_SETUP = """
-import json, sys
+# One process makes the store's runs and the challengers' files, then runs the export
+# stage on each challenger in turn (its main, as `python -m pipeline.export` runs it)
+# and reads what the store says right after it: one TensorFlow start instead of six.
+_SEQUENCE = """
+import contextlib, io, json, sys
 from pathlib import Path
-from pipeline import tracking
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pipeline import errors, export, params, tracking
 from pipeline.models import build_generator
-from pipeline import params
 
-tmp, sequence = Path(sys.argv[1]), json.loads(sys.argv[2])
+tmp, sequence, name = Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
 build_generator(params.load("train", changes={"arch": "mlp", "z_dim": 8, "virtual_labels": 0})).save(tmp / "generator.keras")
 for i, (gate, fcd, ratio, protocol) in enumerate(sequence, 1):
     d = tmp / f"c{i}"
     d.mkdir()
-    params = {"train.arch": "mlp", "train.loss": "bce", "train.z_dim": 8, "train.seed": i}
-    with tracking.training_run(params) as t:
+    flat = {"train.arch": "mlp", "train.loss": "bce", "train.z_dim": 8, "train.seed": i}
+    with tracking.training_run(flat) as t:
         pass
-    with tracking.result_run({"run_id": t.run_id, "params": params}, {**params, "evaluate.seed": 0}) as r:
+    with tracking.result_run({"run_id": t.run_id, "params": flat}, {**flat, "evaluate.seed": 0}) as r:
         rec = r.record()
     files = {"metrics": {"fcd": fcd, "classifier_score_ratio": ratio, "quality_gate_passed": float(gate)},
              "verdict": {"mode_collapse": not gate, "memorization": False, "quality_gate_passed": gate,
                          "reasons": [] if gate else ["mode_collapse: too few modes"]},
              "protocol": {"id": protocol}, "data": {"data_sha256": "0" * 64},
-             "train_run": {"run_id": t.run_id, "params": params},
+             "train_run": {"run_id": t.run_id, "params": flat},
              "mlflow_run": {**rec, "training_run_id": t.run_id}}
-    for name, obj in files.items():
-        (d / f"{name}.json").write_text(json.dumps(obj))
+    for key, obj in files.items():
+        (d / f"{key}.json").write_text(json.dumps(obj))
+
+client = MlflowClient(tracking.tracking_uri())
+for i in range(1, len(sequence) + 1):
+    d = tmp / f"c{i}"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        errors.run_stage(export.main, [
+            "--generator", str(tmp / "generator.keras"), "--metrics", str(d / "metrics.json"),
+            "--verdict", str(d / "verdict.json"), "--protocol", str(d / "protocol.json"),
+            "--data-report", str(d / "data.json"), "--training-run", str(d / "train_run.json"),
+            "--run-file", str(d / "mlflow_run.json"), "--out", str(d / "export")])
+    run_id = json.loads((d / "mlflow_run.json").read_text())["run_id"]
+    try:
+        alias = str(client.get_model_version_by_alias(name, "champion").version)
+    except MlflowException:
+        alias = None
+    tags = client.get_run(run_id).data.tags
+    version = tags.get("registered_model_version")
+    print(json.dumps({
+        "stdout": out.getvalue(), "alias": alias, "run_tags": tags, "version": version,
+        "version_tags": dict(client.get_model_version(name, version).tags) if version else {},
+        "promotion_json": json.loads(Path(client.download_artifacts(run_id, "promotion.json", str(d))).read_text()),
+        "card": json.loads((d / "export/model_card.json").read_text())}), flush=True)
 """
 
 
@@ -125,37 +152,13 @@ def _py(args: list[str], env: dict, cwd: Path = ROOT) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def sequence(tmp_path_factory):
-    """Each challenger through `python -m pipeline.export`, and what the store says right after it."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
+    """Each challenger through the export stage, and what the store says right after it."""
     tmp = tmp_path_factory.mktemp("promotion")
     env = _env(tmp)
-    setup = _py(["-c", _SETUP, str(tmp), json.dumps([s for s, _ in SEQUENCE])], env)
-    assert setup.returncode == 0, setup.stderr[-3000:]
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    seen = []
-    for i in range(1, len(SEQUENCE) + 1):
-        d = tmp / f"c{i}"
-        proc = _py(["-m", "pipeline.export", "--generator", str(tmp / "generator.keras"),
-                    "--metrics", str(d / "metrics.json"), "--verdict", str(d / "verdict.json"),
-                    "--protocol", str(d / "protocol.json"), "--data-report", str(d / "data.json"),
-                    "--training-run", str(d / "train_run.json"), "--run-file", str(d / "mlflow_run.json"),
-                    "--out", str(d / "export")], env)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        run_id = json.loads((d / "mlflow_run.json").read_text())["run_id"]
-        try:
-            alias = str(client.get_model_version_by_alias(NAME, "champion").version)
-        except MlflowException:
-            alias = None
-        tags = client.get_run(run_id).data.tags
-        version = tags.get("registered_model_version")
-        seen.append({
-            "stdout": proc.stdout, "alias": alias, "run_tags": tags, "version": version,
-            "version_tags": dict(client.get_model_version(NAME, version).tags) if version else {},
-            "promotion_json": json.loads(Path(client.download_artifacts(run_id, "promotion.json",
-                                                                        str(d))).read_text()),
-            "card": json.loads((d / "export/model_card.json").read_text())})
+    proc = _py(["-c", _SEQUENCE, str(tmp), json.dumps([s for s, _ in SEQUENCE]), NAME], env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    seen = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(seen) == len(SEQUENCE), proc.stdout[-2000:]
     return tmp, env, seen
 
 
