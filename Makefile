@@ -24,7 +24,7 @@ GRID_SET ?=
 # is make stack's database.
 DEBIAN_PACKAGES ?= graphviz chromium postgresql
 
-.PHONY: run test serve ui grid exp compare install install-dev install-gpu install-team system-deps stack stack-down stack-env remote clean
+.PHONY: run test test-fast serve ui grid exp compare install install-dev install-gpu install-team system-deps stack stack-down stack-env remote clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -82,10 +82,15 @@ run: install
 	@echo '       -d "{\"z\": $$(python3 -c "print([0.0] * 100)")}" -o digit.png'
 
 # The test files run on TEST_JOBS processes (pytest-xdist), each file whole on one, so
-# that a module's fixtures (a tiny pipeline run, a grid) are built once.
+# that a module's fixtures (a tiny pipeline run, a grid) are built once. `make test` is
+# the whole suite (CI's); `make test-fast` the unit tier, for the inner loop: no test
+# marked slow (real processes, training), browser or network (pyproject.toml's markers).
 TEST_JOBS ?= 2
 test: install-dev system-deps
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
+
+test-fast: install-dev
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow and not browser and not network"
 
 # Serves the champion unless MODEL names another (latest, or a BentoML tag); says in
 # one line what it serves and why, or why there is nothing to serve.

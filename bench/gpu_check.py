@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 def describe_devices() -> str:
     import tensorflow as tf
 
-    from pipeline.train import precision_for
+    from pipeline.distribution import precision_for
 
     gpus = tf.config.list_physical_devices("GPU")
     names = []

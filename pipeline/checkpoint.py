@@ -13,7 +13,7 @@ resume, every worker restores the chief's latest checkpoint. Workers on one
 machine read the chief's folder as it is; on several machines `--checkpoints`
 must be storage every host mounts at the same path (NFS, a cluster file
 system), or the chief's folder copied to each host before a resumed run.
-Workers that would start at different steps refuse to train (train.agree).
+Workers that would start at different steps refuse to train (distribution.agree).
 """
 from __future__ import annotations
 

@@ -40,7 +40,9 @@ TAG_TRAINING, TAG_RESULT = "training_run_id", "result"
 # The note MLflow's UI shows as a run's description.
 TAG_NOTE = "mlflow.note.content"
 MLFLOW_BATCH = 1000  # MLflow's per-call limit on metrics in one log_batch
-PROBE_SECONDS = 20   # an unreachable tracking server fails the stage within this
+# An unreachable tracking server fails the stage after this many seconds of retries
+# (MNIST_GAN_TRACKING_WAIT sets another wait, e.g. for a server that restarts slowly).
+PROBE_SECONDS = 20
 
 
 def redact(uri: str) -> str:
@@ -75,7 +77,7 @@ def git_commit() -> str | None:
 
 def _probe(uri: str) -> None:
     """Fail fast, in one line, when an HTTP tracking server does not answer."""
-    deadline = time.monotonic() + PROBE_SECONDS
+    deadline = time.monotonic() + float(os.environ.get("MNIST_GAN_TRACKING_WAIT", PROBE_SECONDS))
     url = uri.rstrip("/") + "/health"
     while True:
         try:

@@ -130,7 +130,7 @@ def test_mlflow_run(pipeline_run, mlflow_client):
     card = json.loads((project / "export/model_card.json").read_text())
     assert card["mlflow_run_id"] == run_id and card["registered_model"]["version"] == str(versions[0].version)
     assert card["params"]["train.steps"] == STEPS and card["promotion"]["promote"] is False
-    from pipeline.train import precision_for
+    from pipeline.distribution import precision_for
 
     expected = precision_for(yaml.safe_load((project / "params.yaml").read_text())["train"]["precision"])
     assert card["training_precision"] == card["params"]["train.precision"] == expected

@@ -71,6 +71,7 @@ def run_stage(generator, mnist, judge_path):
     return pair(evaluate.evaluate(generator, classifier.load(judge_path), mnist, p))
 
 
+@pytest.mark.slow
 def test_training_images_are_flagged_as_memorization(mnist, judge_model):
     pick = np.random.default_rng(1).choice(len(mnist.x_train), 2000, replace=False)
     m, v = run_stage(table_generator(mnist.x_train[pick]), mnist, judge_model)
@@ -79,6 +80,7 @@ def test_training_images_are_flagged_as_memorization(mnist, judge_model):
     assert m["copying_z"] < -3 and any(r.startswith("memorization: copying_z") for r in v["reasons"])
 
 
+@pytest.mark.slow
 def test_one_digit_is_flagged_as_collapse_not_as_copying(mnist, judge_model):
     p = evaluate_params(num_samples=N, l1_samples=0)
     ones = np.intersect1d(heldout(mnist, p), np.flatnonzero(mnist.y_test == 1))
@@ -88,6 +90,7 @@ def test_one_digit_is_flagged_as_collapse_not_as_copying(mnist, judge_model):
     assert m["modes_covered"] == 1 and m["modes_expected"] == 10 and m["class_kl"] > 1
 
 
+@pytest.mark.slow
 def test_heldout_test_images_pass_the_gate(mnist, judge_model):
     p = evaluate_params(num_samples=N, l1_samples=0)
     m, v = run_stage(table_generator(mnist.x_test[heldout(mnist, p)]), mnist, judge_model)
@@ -97,6 +100,7 @@ def test_heldout_test_images_pass_the_gate(mnist, judge_model):
     assert abs(m["copying_z"]) < 3
 
 
+@pytest.mark.slow
 def test_l1_figures_on_a_subset_keep_the_verdicts(mnist, judge_model):
     """evaluate.l1_samples: the L1 figures on 200 of the 500 samples; copies are still
     copies, held-out images still pass, and the judge's figures use every sample."""
@@ -121,6 +125,7 @@ def test_l1_figures_on_a_subset_keep_the_verdicts(mnist, judge_model):
     assert abs(m_sub["diversity_ratio"] - m_full["diversity_ratio"]) < 0.05
 
 
+@pytest.mark.slow
 def test_one_digit_dataset_is_not_collapse_for_one_digit(mnist, judge_model, tmp_path):
     """prepare.digits=[7]: real data holds one class, so a generator of 7s covers every mode."""
     keep_tr, keep_te = mnist.y_train == 7, mnist.y_test == 7
@@ -132,6 +137,7 @@ def test_one_digit_dataset_is_not_collapse_for_one_digit(mnist, judge_model, tmp
     assert not v["mode_collapse"] and not v["memorization"], v
 
 
+@pytest.mark.slow
 def test_cli_scores_any_saved_generator_without_mlflow(mnist, judge_model, tmp_path, monkeypatch):
     """Noise from an untrained dense net, saved and scored with `--generator PATH --out DIR`."""
     keras.utils.set_random_seed(0)

@@ -1,23 +1,18 @@
 """The experiment loop on tiny params, with real DVC and MLflow in a temp git
 repo: `dvc repro` and the commit of its results, `dvc exp run` of an
-evaluate-only, a judge-only and a repeated experiment (DVC's run cache), a
-queued grid (`ops/grid.sh`, what `make grid` runs) on a brand-new store, the
-real MLflow UI in headless Chromium, and what reaches git."""
+evaluate-only, a judge-only, a Stacked MNIST and a repeated experiment (DVC's
+run cache), and what reaches git. The queued grid is test_grid.py's."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
-from e2e_util import BIN, ROOT, copy_project, env_for, free_port, set_params
+from e2e_util import copy_project, env_for, set_params
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STEPS = 6
 TINY = dict(prepare={"limit": 300},
             train={"steps": STEPS, "batch_size": 32, "sample_every": 3, "log_every": 4, "z_dim": 24,
@@ -26,7 +21,6 @@ TINY = dict(prepare={"limit": 300},
             judge={"epochs": 1, "width": 4, "feature_dim": 16},
             evaluate={"num_samples": 64})
 MB = 1 << 20
-GRID = {"mlp-bce-s1": ("mlp", "bce", "1"), "mlp-hinge-s1": ("mlp", "hinge", "1"), "mlp-wgan-s1": ("mlp", "wgan", "1")}
 
 
 def sh(project: Path, env: dict, *cmd: str) -> str:
@@ -178,14 +172,6 @@ def test_params_seen_before_come_from_the_run_cache(repo):
     assert snapshot(env, trained.info.run_id) == before
 
 
-def exp_revs(project: Path, env: dict) -> dict[str, dict]:
-    """Experiment name -> its row in `dvc exp show --json`."""
-    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=project, env=env,
-                                      capture_output=True, text=True, check=True).stdout)
-    return {rev["name"]: rev for baseline in shown for exp in baseline.get("experiments") or []
-            for rev in exp["revs"] if rev.get("name")}
-
-
 def test_experiment_commits_carry_no_checkpoint_or_large_file(repo):
     project, env = repo
     refs = sh(project, env, "git", "for-each-ref", "--format=%(refname)", "refs/exps").split()
@@ -194,86 +180,3 @@ def test_experiment_commits_carry_no_checkpoint_or_large_file(repo):
         listing = [(line.split("\t")[1], int(line.split()[3]))
                    for line in sh(project, env, "git", "ls-tree", "-r", "-l", ref).splitlines()]
         assert not large_or_checkpoint(listing), ref
-
-
-@pytest.fixture(scope="module")
-def grid(repo, tmp_path_factory):
-    """Three queued experiments, two at a time, on a store that does not exist yet."""
-    project, env = repo
-    at_baseline(project, env)
-    store = tmp_path_factory.mktemp("fresh") / "mlflow.db"
-    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
-           "ARCHS": "mlp", "LOSSES": "bce hinge wgan", "SEEDS": "1", "JOBS": "2", "GRID_SET": ""}
-    out = sh(project, env, "bash", "ops/grid.sh")
-    return project, env, out
-
-
-def test_grid_runs_line_up_with_dvc_exp_show(grid):
-    project, env, out = grid
-    assert "grid: 3 experiments: 0 running, 0 queued, 3 done, 0 failed" in out
-    shown = exp_revs(project, env)
-    found = runs(env)
-    assert sorted(found) == sorted(GRID)  # one run per experiment, and nothing else, in the new store
-    for name, (arch, loss, seed) in GRID.items():
-        exp, run = shown[name], found[name]
-        assert exp["error"] is None and run.info.status == "FINISHED"
-        assert (run.data.params["train.arch"], run.data.params["train.loss"], run.data.params["train.seed"]) == \
-            (arch, loss, seed)
-        # The same result on both sides: dvc exp show's metrics are the run's.
-        metrics = exp["data"]["metrics"]["reports/metrics.json"]["data"]
-        assert {k: run.data.metrics[k] for k in metrics} == pytest.approx(metrics)
-
-
-@pytest.fixture(scope="module")
-def mlflow_ui(grid):
-    project, env, _ = grid
-    port = free_port()
-    log = open(project.parent / "mlflow-ui.log", "w+")
-    proc = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", env["MLFLOW_TRACKING_URI"],
-                             "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, open(log.name).read()[-3000:]
-            try:
-                if requests.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "mlflow ui did not start"
-            time.sleep(0.5)
-        # The URL `make ui` prints.
-        url = subprocess.run([sys.executable, "-m", "pipeline.tracking", "url", base], cwd=project, env=env,
-                             capture_output=True, text=True, check=True).stdout.strip()
-        yield url, env
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
-
-
-def test_mlflow_ui_lists_the_grid_with_a_metric_column(mlflow_ui):
-    sys.path.insert(0, str(ROOT / "ops"))
-    import mlflow_ui as ui
-
-    if ui.chromium() is None:
-        pytest.skip("needs Debian's chromium (make system-deps)")
-    from playwright.sync_api import sync_playwright
-
-    url, env = mlflow_ui
-    assert url.endswith("?workflowType=machine_learning")
-    found = runs(env)
-    with sync_playwright() as p:
-        browser = ui.launch(p)
-        page = browser.new_page(viewport={"width": 1600, "height": 900})
-        ui.open_runs(page, url, list(GRID))
-        ui.add_columns(page, ["fcd"])
-        headers, rows = ui.table(page)
-        browser.close()
-    assert "fcd" in headers and "Run Name" in headers
-    for name in GRID:
-        row = next(r for r in rows if name in r)
-        # The run's own fcd, in the row of its name.
-        numbers = [float(w) for w in row.split() if re.fullmatch(r"-?\d+\.\d+(e-?\d+)?", w)]
-        assert any(x == pytest.approx(found[name].data.metrics["fcd"], rel=1e-9) for x in numbers), (name, row)

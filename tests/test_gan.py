@@ -36,6 +36,7 @@ def test_joint_pass_only_without_batch_statistics_in_d():
     assert not train.build(bn).d_joint
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, precision", [("mlp", "float32"), ("dcgan", "float32"), ("mlp", "bfloat16"),
                                              ("dcgan", "bfloat16")])
 def test_standing_statistics_make_inference_match_batch_statistics(arch, precision):

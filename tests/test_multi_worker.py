@@ -243,6 +243,7 @@ def test_the_chief_is_the_chief_task_else_worker_0(monkeypatch):
     assert distribution.Task("worker", 0, workers_only).chief and not distribution.Task("worker", 1, workers_only).chief
 
 
+@pytest.mark.slow
 def test_missing_tf_config_stops_the_stage_in_one_line(tmp_path):
     from pipeline.distribution import TF_CONFIG_HELP
 

@@ -14,7 +14,6 @@ import requests
 from e2e_util import ROOT, Served, serving_env
 from pipeline.export import decide
 
-pytestmark = pytest.mark.e2e
 PROTOCOL = "abc123def456"
 NAME = "mnist-gan-generator"
 
@@ -162,6 +161,7 @@ def sequence(tmp_path_factory):
     return tmp, env, seen
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("step", range(1, len(SEQUENCE) + 1))
 def test_export_moves_the_champion_only_when_the_rule_says(sequence, step):
     tmp, _, seen = sequence
@@ -201,6 +201,7 @@ def test_export_moves_the_champion_only_when_the_rule_says(sequence, step):
 
 # 3. Serving the champion ----------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_selection_names_the_champion(sequence, tmp_path):
     _, env, seen = sequence
     tag = seen[3]["version_tags"]["bentoml_tag"]
@@ -214,6 +215,7 @@ def test_selection_names_the_champion(sequence, tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == tag, proc.stdout + proc.stderr[-2000:]
 
 
+@pytest.mark.e2e
 def test_service_serves_the_champion_by_default(sequence, tmp_path):
     _, env, seen = sequence
     assert "MNIST_GAN_MODEL" not in env
@@ -232,6 +234,7 @@ def test_service_serves_the_champion_by_default(sequence, tmp_path):
     assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["created", "zero-byte"])
 def test_no_champion_in_an_empty_store_says_how_to_serve_another(tmp_path, store):
     from mlflow.tracking import MlflowClient

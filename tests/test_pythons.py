@@ -8,6 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,8 @@ def test_requirements_cover_every_extra_but_self_references():
     assert not any(r.startswith("mnist-gan[") for r in reqs)
 
 
+@pytest.mark.network
+@pytest.mark.slow
 def test_every_admitted_python_resolves_to_wheels():
     versions = admitted()
     proc = subprocess.run([sys.executable, str(ROOT / "ops/wheels_check.py"), *versions],

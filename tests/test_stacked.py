@@ -145,6 +145,7 @@ def test_pack_must_divide_the_batch():
         train_params(batch_size=64, pack=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,loss", [("dcgan", "bce"), ("dcgan_paper", "wgan-gp"), ("mlp", "hinge")])
 def test_a_packed_gan_trains_on_stacked_images(arch, loss):
     """Packing with any loss: D sees real and generated images in packs (in one pass where
