@@ -52,14 +52,15 @@ def build(arch: str, z_dim: int):
 
 
 def store(arch: str, z_dim: int, tmp: Path) -> tuple[str, Path]:
-    from pipeline.export import export_saved_model, model_card, save_to_bentoml
+    from pipeline.export import export_saved_model, model_card
+    from serving import contract
 
     gen = build(arch, z_dim)
     target = tmp / f"{arch}-generator"
     export_saved_model(gen, target)
     card = model_card(gen, {"run_id": "bench"}, {}, {"data_sha256": "none"},
                       {"train.arch": arch, "train.loss": "bce"})
-    return str(save_to_bentoml(target, card)), target
+    return contract.store(target, card), target
 
 
 def in_process(saved: Path, z_dim: int):
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--client", choices=["aiohttp", "wrk"], default="aiohttp",
                     help="the load generator for every server (wrk: Debian's wrk, a C client)")
     args = ap.parse_args(argv)
-    archs = args.arch or ["dcgan", "mlp"]
+    chosen = args.arch or ["dcgan", "mlp"]
     if args.client == "wrk" and shutil.which("wrk") is None:
         raise SystemExit("--client wrk needs wrk on PATH (Debian: apt-get install wrk)")
 
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{env.get('MNIST_GAN_TF_THREADS', 'auto')} (0 = TF default; auto: 1 for the MLP, 0 for the conv nets), BentoML batching hold "
           f"{'on' if env.get('MNIST_GAN_BATCH_HOLD') == '1' else 'off'}; medians")
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
-    for arch in archs:
+    for arch in chosen:
         tag, saved = store(arch, args.z_dim, tmp)
         bound = in_process(saved, args.z_dim)
         ours_body, plain_body, mlflow_body = (z_bodies(args.z_dim, k) for k in ("z", "z", "inputs"))
