@@ -15,7 +15,8 @@ the held-out images with the judge; the first 64 go to
 `<work>/<candidate>/generator.keras`. Training time excludes the scoring. The
 rows are one Markdown table: `fcd`, classifier-score ratio, precision, recall
 and modes against training seconds, for the README's recipe table, so that
-candidates compare at equal wall time on the same machine.
+candidates compare at equal wall time on the same machine; they go to
+docs/results/curves.md too (`--results DIR`, `--no-results`).
 
 The judge and the data are `--judge`/`--data` (default: prepared and trained
 here, once, in the work folder).
@@ -35,6 +36,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import results  # noqa: E402
 from bench.seeds import cpu_model, stage  # noqa: E402
 from ops.recipe import overrides as recipe_overrides  # noqa: E402
 from pipeline import params  # noqa: E402
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--judge", type=Path)
     ap.add_argument("--work", type=Path)
     ap.add_argument("--one", nargs=3, metavar=("PARAMS", "OUT", "_"), help=argparse.SUPPRESS)
+    results.add_arguments(ap)
     args = ap.parse_args(argv)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="curves-"))
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     candidates = [(r.stem, recipe_overrides(r)) for r in args.recipe] or [("default", [])]
     extra = args.set + ([f"train.seed={args.seed}"] if args.seed is not None else [])
     table = []
+    say = results.Printout()
     for name, sets in candidates:
         d = work / name
         d.mkdir(exist_ok=True)
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         (d / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         out = d / "curve.jsonl"
         out.unlink(missing_ok=True)
-        print(f"{name}: {' '.join(sets + extra) or 'params.yaml'}", flush=True)
+        say(f"{name}: {' '.join(sets + extra) or 'params.yaml'}")
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", str(d / "params.yaml"),
                                str(out), "_", "--every", str(args.every), "--data", str(data), "--judge", str(judge),
                                "--work", str(d)], env=env)
@@ -134,10 +138,13 @@ def main(argv: list[str] | None = None) -> None:
         table += [{"candidate": name, **json.loads(line)} for line in out.read_text().splitlines()]
 
     print(f"\n{cpu_model()}; for every candidate: {' '.join(extra) or 'nothing'}; work: {work}\n")
-    print("| candidate | " + " | ".join(COLUMNS) + " |")
-    print("|---" * (len(COLUMNS) + 1) + "|")
+    say.keep(f"\nfor every candidate: {' '.join(extra) or 'nothing'}\n")
+    say("| candidate | " + " | ".join(COLUMNS) + " |")
+    say("|---" * (len(COLUMNS) + 1) + "|")
     for r in table:
-        print(f"| {r['candidate']} | " + " | ".join(f"{r[k]:.4g}" for k in COLUMNS) + " |")
+        say(f"| {r['candidate']} | " + " | ".join(f"{r[k]:.4g}" for k in COLUMNS) + " |")
+    if args.results is not None:
+        results.publish("curves", "Quality against training time", say.markdown(), argv=argv, out=args.results)
 
 
 if __name__ == "__main__":

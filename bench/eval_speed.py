@@ -2,6 +2,7 @@
 scipy's `cdist(metric="cityblock")` on the same data, in one run.
 
     python bench/eval_speed.py --data data/prepared/mnist.npz [--queries 10000] [--rounds 10]
+                               [--results DIR | --no-results]
 
 The queries are split into rounds; each round times the stage's kernel on its
 share of the queries and `cdist` on a slice of them against the same 60,000
@@ -9,26 +10,32 @@ training images, back to back, so both see the same load on a shared machine,
 and the round's ratio is taken then. cdist builds the whole (n, m) float64
 matrix, so it gets a small slice (memory bounded the way a user would have to)
 and is compared per absolute difference; its result must equal the kernel's
-exactly. Prints abs-differences per second, the per-round ratios and their median.
+exactly. Prints abs-differences per second, the per-round ratios and their median,
+and writes them to docs/results/eval_speed.md (bench/results.py).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from pipeline import data, metrics
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import results  # noqa: E402
+from pipeline import data, metrics  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="data/prepared/mnist.npz")
     ap.add_argument("--queries", type=int, default=10000, help="queries for the stage's kernel, in all")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--baseline-queries", type=int, default=20, help="queries for cdist per round")
-    args = ap.parse_args()
+    results.add_arguments(ap)
+    args = ap.parse_args(argv)
 
     ds = data.load_prepared(args.data)
     train, queries = ds.x_train, ds.x_test[:args.queries]
@@ -57,16 +64,20 @@ def main() -> None:
         t_ours, t_ref, n_ref = t_ours + dt_ours, t_ref + dt_ref, n_ref + nb
 
     per_query = len(train) * d
-    print(f"nearest-train L1: {len(queries)} queries x {len(train)} training images x {d} pixels, "
-          f"{args.rounds} rounds")
-    print(f"  pipeline.metrics.nearest_l1, all {len(queries)} queries: {t_ours:7.2f} s  "
-          f"{len(queries) * per_query / t_ours / 1e9:6.2f}e9 abs-diffs/s")
-    print(f"  scipy cdist cityblock, {n_ref} queries:        {t_ref:7.2f} s  "
-          f"{n_ref * per_query / t_ref / 1e9:6.2f}e9 abs-diffs/s "
-          f"(all {len(queries)} queries: ~{t_ref * len(queries) / n_ref:.0f} s)")
-    print(f"  ratio per round: {' '.join(f'{r:.1f}' for r in ratios)}")
-    print(f"  ratio: median {np.median(ratios):.1f}x faster (overall {(len(queries) / t_ours) / (n_ref / t_ref):.1f}x); "
-          f"identical to cdist on its queries: {exact}")
+    say = results.Printout()
+    say(f"nearest-train L1: {len(queries)} queries x {len(train)} training images x {d} pixels, "
+        f"{args.rounds} rounds")
+    say(f"  pipeline.metrics.nearest_l1, all {len(queries)} queries: {t_ours:7.2f} s  "
+        f"{len(queries) * per_query / t_ours / 1e9:6.2f}e9 abs-diffs/s")
+    say(f"  scipy cdist cityblock, {n_ref} queries:        {t_ref:7.2f} s  "
+        f"{n_ref * per_query / t_ref / 1e9:6.2f}e9 abs-diffs/s "
+        f"(all {len(queries)} queries: ~{t_ref * len(queries) / n_ref:.0f} s)")
+    say(f"  ratio per round: {' '.join(f'{r:.1f}' for r in ratios)}")
+    say(f"  ratio: median {np.median(ratios):.1f}x faster (overall {(len(queries) / t_ours) / (n_ref / t_ref):.1f}x); "
+        f"identical to cdist on its queries: {exact}")
+    if args.results is not None:
+        results.publish("eval_speed", "Nearest-training-image L1: the evaluate stage's kernel against scipy's cdist",
+                        say.markdown(), argv=argv, out=args.results)
 
 
 if __name__ == "__main__":

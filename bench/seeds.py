@@ -8,14 +8,14 @@ headline numbers per seed, and their mean and standard deviation.
 Runs the pipeline's own stages as subprocesses in a work folder: prepare and
 judge once (or `--data`/`--judge` to reuse the workspace's), then train and
 evaluate per seed, with MLflow on a store of its own. Prints a Markdown table
-(what the README's seed table is) and, per seed, whether the gate passed.
+(what the README's seed table is) and, per seed, whether the gate passed, and
+writes them to docs/results/seeds.md (`--results DIR`, `--no-results`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,21 +27,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import results  # noqa: E402
 from ops.recipe import overrides as recipe_overrides  # noqa: E402
 from pipeline import params  # noqa: E402
+
 COLUMNS = ("train_s", "fcd", "classifier_score_ratio", "precision", "recall", "kid", "kid_std", "modes_covered",
            "class_kl", "copying_z", "quality_gate_passed")
 
 
 def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-        flags = next(line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model} ({os.cpu_count()} cores; {' '.join(wanted)})"
+    return results.machine().one_line()
 
 
 def stage(module: str, *args: str, env: dict) -> float:
@@ -77,7 +72,8 @@ def train_and_evaluate(d: Path, data: Path, judge: Path, env: dict) -> tuple[flo
     return t, e, json.loads((d / "eval/metrics.json").read_text())
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[str]:
+    """Runs the seeds and prints the table; returns the lines of its results page."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -86,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, help="prepared data to reuse (default: prepare it here)")
     ap.add_argument("--judge", type=Path, help="a judge to reuse (default: train it here)")
     ap.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
+    results.add_arguments(ap)
     args = ap.parse_args(argv)
     if args.recipe:
         args.set = recipe_overrides(args.recipe) + args.set
@@ -100,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     shared_stages(work, data, judge, env)
 
     rows = []
+    say = results.Printout()
     for seed in args.seeds:
         d = work / f"seed{seed}"
         d.mkdir(exist_ok=True)
@@ -107,18 +105,22 @@ def main(argv: list[str] | None = None) -> None:
         seconds, _, m = train_and_evaluate(d, data, judge, env)
         row = {"seed": seed, "train_s": seconds, **{k: m[k] for k in COLUMNS[1:]}}
         rows.append(row)
-        print(f"seed {seed}: " + ", ".join(f"{k}={row[k]:.4g}" for k in COLUMNS), flush=True)
+        say(f"seed {seed}: " + ", ".join(f"{k}={row[k]:.4g}" for k in COLUMNS))
 
     print(f"\n{cpu_model()}; overrides: {' '.join(args.set) or 'none'}; work: {work}\n")
-    print("| seed | " + " | ".join(COLUMNS) + " |")
-    print("|---" * (len(COLUMNS) + 1) + "|")
+    say.keep(f"\noverrides: {' '.join(args.set) or 'none'}\n")
+    say("| seed | " + " | ".join(COLUMNS) + " |")
+    say("|---" * (len(COLUMNS) + 1) + "|")
     for r in rows:
-        print(f"| {r['seed']} | " + " | ".join(f"{r[k]:.4g}" for k in COLUMNS) + " |")
-    print("| mean ± std | " + " | ".join(
+        say(f"| {r['seed']} | " + " | ".join(f"{r[k]:.4g}" for k in COLUMNS) + " |")
+    say("| mean ± std | " + " | ".join(
         f"{np.mean([r[k] for r in rows]):.4g} ± {np.std([r[k] for r in rows]):.2g}" for k in COLUMNS) + " |")
     passed = sum(int(r["quality_gate_passed"]) for r in rows)
-    print(f"\ngate passed on {passed} of {len(rows)} seeds; lowest classifier-score ratio "
-          f"{min(r['classifier_score_ratio'] for r in rows):.4f}")
+    say(f"\ngate passed on {passed} of {len(rows)} seeds; lowest classifier-score ratio "
+        f"{min(r['classifier_score_ratio'] for r in rows):.4f}")
+    if args.results is not None:
+        results.publish("seeds", "Quality over training seeds", say.markdown(), argv=argv, out=args.results)
+    return say.lines
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ by the innermost frame that belongs to one of them, so the shares add up to
 100%): the model itself (TensorFlow), JSON (decoding the body, encoding the
 answer), validation (pydantic), BentoML's batching and dispatch, the HTTP
 stack (uvicorn, starlette, h11/httptools), asyncio's loop, and our own code
-(serving/), then the 25 functions with the most samples of their own.
+(serving/), then the 25 functions with the most samples of their own. All of it
+goes to docs/results/serve_profile.md too (`--results DIR`, `--no-results`).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from bench import results  # noqa: E402
 from pipeline import archs  # noqa: E402
 
 # (layer, substrings of a frame's file); the first layer a sample's innermost matching frame names.
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--accept", default="application/json", choices=sorted(st.MODES.values()))
     ap.add_argument("--seconds", type=float, default=12.0)
+    results.add_arguments(ap)
     args = ap.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
@@ -113,18 +116,22 @@ def main(argv: list[str] | None = None) -> None:
             per_process[f"worker {w.pid}"][layer_of(stack)] += n
             if stack:
                 own[stack[-1]] += n
-    print(f"{args.arch}, c={args.concurrency}, Accept {args.accept}: {result['rps']:.1f} req/s, "
-          f"p50 {result['p50'] * 1e3:.1f} ms, p99 {result['p99'] * 1e3:.1f} ms over {args.seconds:g} s")
+    say = results.Printout()
+    say(f"{args.arch}, c={args.concurrency}, Accept {args.accept}: {result['rps']:.1f} req/s, "
+        f"p50 {result['p50'] * 1e3:.1f} ms, p99 {result['p99'] * 1e3:.1f} ms over {args.seconds:g} s")
     if not per_process:
         raise SystemExit("no worker samples")
     for process, layers in per_process.items():
         total = sum(layers.values())
-        print(f"\n{process[:100]}: {total} busy samples ({total / args.seconds / 100:.0%} of one core)")
+        say(f"\n{process[:100]}: {total} busy samples ({total / args.seconds / 100:.0%} of one core)")
         for name, n in layers.most_common():
-            print(f"  {name:<34} {n / total:6.1%}")
-    print("\nfunctions with the most samples of their own (all worker processes):")
+            say(f"  {name:<34} {n / total:6.1%}")
+    say("\nfunctions with the most samples of their own (all worker processes):")
     for frame, n in own.most_common(25):
-        print(f"  {n:6d}  {frame[:150]}")
+        say(f"  {n:6d}  {results.portable(frame)[:150]}")
+    if args.results is not None:
+        results.publish("serve_profile", "Where a request's time goes in the service's worker", say.markdown(),
+                        argv=argv, out=args.results)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ to the bound and to `mlflow models serve`, p50/p99 latency, and per level
 ours over the plain service and over the no-op ceiling; each figure is the median of --repeat
 rounds, and a ratio is taken against the bound measured in the same round.
 The client shares the machine's cores with the server, as a
-sidecar load generator would.
+sidecar load generator would. The tables go to docs/results/serve_throughput.md
+too (`--results DIR`, `--no-results`).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import results as results_page  # noqa: E402  (main's `results` are the measurements)
 from pipeline import archs  # noqa: E402
 
 LEVELS = (1, 8, 32)
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=3, help="rounds; figures are medians")
     ap.add_argument("--client", choices=["aiohttp", "wrk"], default="aiohttp",
                     help="the load generator for every server (wrk: Debian's wrk, a C client)")
+    results_page.add_arguments(ap)
     args = ap.parse_args(argv)
     chosen = args.arch or ["dcgan", "mlp"]
     if args.client == "wrk" and shutil.which("wrk") is None:
@@ -258,10 +261,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env = dict(os.environ, PYTHONPATH=str(ROOT), BENTOML_DO_NOT_TRACK="true")
     sys.path.insert(0, str(ROOT))
-    print(f"cpus {os.cpu_count()}; client {args.client}; z_dim {args.z_dim}; {args.repeat} rounds of {args.seconds:g}s; "
-          f"service workers {env.get('MNIST_GAN_WORKERS', 1)}, TF threads per op "
-          f"{env.get('MNIST_GAN_TF_THREADS', 'auto')} (0 = TF default; auto: 1 for the MLP, 0 for the conv nets), BentoML batching hold "
-          f"{'on' if env.get('MNIST_GAN_BATCH_HOLD') == '1' else 'off'}; medians")
+    say = results_page.Printout()
+    say(f"cpus {os.cpu_count()}; client {args.client}; z_dim {args.z_dim}; {args.repeat} rounds of {args.seconds:g}s; "
+        f"service workers {env.get('MNIST_GAN_WORKERS', 1)}, TF threads per op "
+        f"{env.get('MNIST_GAN_TF_THREADS', 'auto')} (0 = TF default; auto: 1 for the MLP, 0 for the conv nets), BentoML batching hold "
+        f"{'on' if env.get('MNIST_GAN_BATCH_HOLD') == '1' else 'off'}; medians")
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     for arch in chosen:
         tag, saved = store(arch, args.z_dim, tmp)
@@ -294,19 +298,22 @@ def main(argv: list[str] | None = None) -> None:
             for proc in servers:
                 os.killpg(proc.pid, 15)
                 proc.wait(60)
-        print(f"\n{arch}: in-process bound {bound_rate:8.1f} images/s (SavedModel serve, batch {BOUND_BATCH})")
-        print(f"  {'server':>14} {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'/mlflow':>7} {'p50 ms':>7} "
-              f"{'p99 ms':>7} {'calls':>6} {'errors':>6}")
+        say(f"\n{arch}: in-process bound {bound_rate:8.1f} images/s (SavedModel serve, batch {BOUND_BATCH})")
+        say(f"  {'server':>14} {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'/mlflow':>7} {'p50 ms':>7} "
+            f"{'p99 ms':>7} {'calls':>6} {'errors':>6}")
         for c in LEVELS:
             for name in targets:
                 r = results[name, c]
-                print(f"  {name:>14} {c:>11} {r['rps']:8.1f} {r['ratio']:6.2f} {r['vs_mlflow']:7.2f} "
-                      f"{r['p50'] * 1e3:7.1f} {r['p99'] * 1e3:7.1f} {r['n']:6d} {r['errors']:6d}")
+                say(f"  {name:>14} {c:>11} {r['rps']:8.1f} {r['ratio']:6.2f} {r['vs_mlflow']:7.2f} "
+                    f"{r['p50'] * 1e3:7.1f} {r['p99'] * 1e3:7.1f} {r['n']:6d} {r['errors']:6d}")
             ours_json, ours_npy = results["ours json", c]["rps"], results["ours npy", c]["rps"]
-            print(f"  {'':>14} c={c}: npy / json {ours_npy / ours_json:.2f}; ours json / plain bentoml "
-                  f"{ours_json / results['plain bentoml', c]['rps']:.2f}; json / no-op ceiling "
-                  f"{ours_json / results['no-op ceiling', c]['rps']:.2f}; no-op behind our guard / bare "
-                  f"{results['no-op guarded', c]['rps'] / results['no-op ceiling', c]['rps']:.2f}")
+            say(f"  {'':>14} c={c}: npy / json {ours_npy / ours_json:.2f}; ours json / plain bentoml "
+                f"{ours_json / results['plain bentoml', c]['rps']:.2f}; json / no-op ceiling "
+                f"{ours_json / results['no-op ceiling', c]['rps']:.2f}; no-op behind our guard / bare "
+                f"{results['no-op guarded', c]['rps'] / results['no-op ceiling', c]['rps']:.2f}")
+    if args.results is not None:
+        results_page.publish("serve_throughput", "Serving throughput: bentoml serve against the in-process bound",
+                             say.markdown(), argv=argv, out=args.results)
 
 
 if __name__ == "__main__":

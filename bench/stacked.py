@@ -16,7 +16,9 @@ bench picks up where it was. The table then reads every FINISHED result run of
 the store with `prepare.dataset = stacked`, grouped by method (arch, loss, pack)
 and budget (steps, batch, samples): modes of 1,000 and KL(generated || uniform) as
 mean ± std over the seeds, and the wall time of each run from its MLflow record
-(start to last logged training step; that to the run's end: evaluate).
+(start to last logged training step; that to the run's end: evaluate). The
+table and the runs' lines go to docs/results/stacked.md too (`--results DIR`,
+`--no-results`).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import results  # noqa: E402
 from bench.seeds import cpu_model, shared_stages, train_and_evaluate  # noqa: E402
 from ops.recipe import overrides as recipe_overrides  # noqa: E402
 from pipeline import params  # noqa: E402
@@ -114,7 +117,7 @@ def stacked_runs() -> list[dict]:
             and "modes_covered" in r["metrics"]]
 
 
-def run_all(args, work: Path, env: dict) -> None:
+def run_all(args, work: Path, env: dict, say: results.Printout) -> None:
     from pipeline import tracking
 
     recipes = [(name, recipe_overrides(ROOT / "recipes" / f"{name}.yaml")) for name in args.recipes]
@@ -132,12 +135,12 @@ def run_all(args, work: Path, env: dict) -> None:
             d = work / f"{name}-seed{seed}"
             d.mkdir(exist_ok=True)
             if (d / "result.json").is_file() and json.loads((d / "result.json").read_text())["run_id"] in done:
-                print(f"{name} seed {seed}: done before, kept", flush=True)
+                say(f"{name} seed {seed}: done before, kept")
                 continue
             (d / "params.yaml").write_text(params_with(sets + args.set + [f"train.seed={seed}"]))
             t, e, m = train_and_evaluate(d, data, judge, env)
-            print(f"{name} seed {seed}: train {t:.0f} s, evaluate {e:.0f} s, modes {m['modes_covered']}, "
-                  f"KL {m['class_kl']:.3f}", flush=True)
+            say(f"{name} seed {seed}: train {t:.0f} s, evaluate {e:.0f} s, modes {m['modes_covered']}, "
+                f"KL {m['class_kl']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     ap.add_argument("--tracking-uri", help="the MLflow store (default: <work>/mlflow.db)")
     ap.add_argument("--table-only", action="store_true", help="print the table from the store's runs; run nothing")
+    results.add_arguments(ap)
     args = ap.parse_args(argv)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="stacked-"))
@@ -159,14 +163,19 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["MLFLOW_TRACKING_URI"] = uri
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT), "DVC_ROOT": str(work.resolve())}
     t0 = time.perf_counter()
+    say = results.Printout()
     if not args.table_only:
-        run_all(args, work, env)
+        run_all(args, work, env, say)
         print(f"\nruns made on {cpu_model()} in {time.perf_counter() - t0:.0f} s; work: {work}")
+        say.keep(f"\nruns made in {time.perf_counter() - t0:.0f} s")
     runs = stacked_runs()
     if not runs:
         raise SystemExit(f"no FINISHED Stacked MNIST result runs in {uri}")
-    print(f"\n{len(runs)} result runs with prepare.dataset = stacked in the MLflow store\n")
-    print(table(runs))
+    say(f"\n{len(runs)} result runs with prepare.dataset = stacked in the MLflow store\n")
+    say(table(runs))
+    if args.results is not None:
+        results.publish("stacked", "Stacked MNIST: modes and KL beside the papers'", say.markdown(), argv=argv,
+                        out=args.results)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ achieved GFLOP/s next to a large matmul's rate.
 
     python bench/train_throughput.py [--archs mlp dcgan ...] [--batch-sizes 64 256]
                                      [--seconds 2] [--repeats 3] [--processes 3]
+                                     [--results DIR | --no-results]
 
 Our loop runs in both precisions (`train.precision` float32 and bfloat16,
 Keras' mixed_bfloat16), side by side; the seed-style loop in float32, as the
@@ -21,6 +22,7 @@ mostly compute (large batches), no loop can be 5x faster on that machine.
 Each loop runs in --processes fresh processes, alternating with the other
 loop, and the median over them is printed: a process now and then runs its
 convolutions at half speed throughout, so one process per loop is not enough.
+The table goes to docs/results/train_throughput.md too (bench/results.py).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline import archs, params, train  # noqa: E402  (first: it sets TensorFlow's environment, oneDNN on, before TF loads)
 from pipeline.models import build_discriminator, build_generator  # noqa: E402
+from bench import results  # noqa: E402,I001
 
 import keras  # noqa: E402,I001
 import numpy as np  # noqa: E402
@@ -159,7 +162,7 @@ def repo_params(**changes) -> params.TrainParams:
     return params.load("train", ROOT / "params.yaml", changes)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", nargs="+", choices=archs.NAMES, default=list(archs.NAMES))
     ap.add_argument("--seconds", type=float, default=2.0, help="length of a timed window")
@@ -167,7 +170,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", nargs="+", type=int, help="default: 64 and params.yaml's train.batch_size")
     ap.add_argument("--processes", type=int, default=3, help="fresh processes per loop; the median is printed")
     ap.add_argument("--child", choices=["float32", "bfloat16", "seed"], help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    results.add_arguments(ap)
+    args = ap.parse_args(argv)
     if args.child:  # one measurement in a fresh process; prints img/s and the matmul rate
         x = np.random.default_rng(0).integers(0, 256, (4096, 28, 28), dtype=np.uint8)
         p = repo_params(arch=args.archs[0], d_arch=None, batch_size=args.batch_sizes[0],
@@ -177,9 +181,10 @@ def main() -> None:
         return
     # Each loop runs in its own process: an XLA-compiled step left the next model's
     # conv steps in the same process slower.
-    print(f"{'arch':16}{'batch':>6}{'ours img/s':>12}{'bf16 img/s':>12}{'bf16/f32':>9}{'seed-style img/s':>18}"
-          f"{'ratio':>8}{'ceiling':>9}{'MFLOP/img':>11}{'GFLOP/s':>9}{'of matmul':>11}{'matmul GFLOP/s':>16}"
-          f"  ours f32 / bf16 / seed-style per process", flush=True)
+    say = results.Printout()
+    say(f"{'arch':16}{'batch':>6}{'ours img/s':>12}{'bf16 img/s':>12}{'bf16/f32':>9}{'seed-style img/s':>18}"
+        f"{'ratio':>8}{'ceiling':>9}{'MFLOP/img':>11}{'GFLOP/s':>9}{'of matmul':>11}{'matmul GFLOP/s':>16}"
+        f"  ours f32 / bf16 / seed-style per process")
     sides = ("float32", "bfloat16", "seed")
     batches = args.batch_sizes or sorted({64, repo_params().batch_size})
     for arch in args.archs:
@@ -198,8 +203,11 @@ def main() -> None:
             achieved = a * flops / 1e9
             ceiling = peak * 1e9 / flops / b
             spread = " / ".join(" ".join(f"{r['rate']:.0f}" for r in run[side]) for side in sides)
-            print(f"{arch:16}{batch:6}{a:12.0f}{h:12.0f}{h / a:8.2f}x{b:18.0f}{a / b:7.2f}x{ceiling:8.1f}x"
-                  f"{flops / 1e6:11.1f}{achieved:9.1f}{achieved / peak:10.0%}{peak:16.1f}  {spread}", flush=True)
+            say(f"{arch:16}{batch:6}{a:12.0f}{h:12.0f}{h / a:8.2f}x{b:18.0f}{a / b:7.2f}x{ceiling:8.1f}x"
+                f"{flops / 1e6:11.1f}{achieved:9.1f}{achieved / peak:10.0%}{peak:16.1f}  {spread}")
+    if args.results is not None:
+        results.publish("train_throughput", "Training throughput: the compiled fit() step against a seed-style loop",
+                        say.markdown(), argv=argv, out=args.results)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """bench/stacked.py's table from real MLflow result runs (a sqlite store): one row
 per method and budget with the seeds' mean and spread, runs of other datasets left
-out, the papers' rows beside, and each run's wall time read off its MLflow record."""
+out, the papers' rows beside, and each run's wall time read off its MLflow record;
+the table goes to the results page `--results` names."""
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -75,6 +77,16 @@ def test_wall_times_come_from_the_runs_record(runs):
         train_s, eval_s = stacked.timings(r)
         assert train_s is not None and eval_s is not None and train_s >= 0 and eval_s >= EVAL_S
         assert (r["end_time"] - r["start_time"]) / 1000 == pytest.approx(train_s + eval_s)
+
+
+def test_table_only_writes_the_table_to_its_results_page(runs, tmp_path, capsys):
+    _, text = runs
+    stacked.main(["--table-only", "--tracking-uri", os.environ["MLFLOW_TRACKING_URI"], "--work", str(tmp_path / "work"),
+                  "--results", str(tmp_path / "pages")])
+    page = (tmp_path / "pages/stacked.md").read_text()
+    assert text.strip() in capsys.readouterr().out and text.strip() in page
+    assert "- Command: `python bench/stacked.py --table-only --tracking-uri" in page
+    assert "(stacked.md)" in (tmp_path / "pages/index.md").read_text()
 
 
 def test_method_names_follow_the_papers():
