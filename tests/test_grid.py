@@ -91,13 +91,11 @@ def mlflow_ui(grid):
         log.close()
 
 
-@pytest.mark.browser
+@pytest.mark.chromium
 def test_mlflow_ui_lists_the_grid_with_a_metric_column(mlflow_ui):
     sys.path.insert(0, str(ROOT / "ops"))
     import mlflow_ui as ui
 
-    if ui.chromium() is None:
-        pytest.skip("needs Debian's chromium (make system-deps)")
     from playwright.sync_api import sync_playwright
 
     url, env = mlflow_ui

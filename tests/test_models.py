@@ -115,3 +115,14 @@ def test_virtual_labels_cannot_exceed_z_dim():
 
     with pytest.raises(StageError, match="train.virtual_labels=20 must be at most train.z_dim=16"):
         train_params(z_dim=16, virtual_labels=20)
+
+
+@pytest.mark.graphviz
+def test_architecture_diagram_is_a_png(tmp_path):
+    """`python -m pipeline.models --plot` and the train stage's diagrams: keras's
+    plot_model through pydot and Graphviz's `dot`."""
+    from PIL import Image
+
+    g, _ = build("mlp")
+    with Image.open(models.plot(g, tmp_path / "g.png")) as img:
+        assert img.format == "PNG" and img.height > img.width  # one layer under the other

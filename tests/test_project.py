@@ -1,10 +1,12 @@
 """Facts about the project's own files: every stage's `deps` in dvc.yaml list
 every project module it imports (directly or not), MLflow is imported in one
-pipeline module only, and no stage imports another stage."""
+pipeline module only, no stage imports another stage, and what the documented
+commands write is ignored by git."""
 from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,19 @@ def test_serving_imports_nothing_from_pipeline():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 assert not any(n.split(".")[0] == "pipeline" for n in names), path
+
+
+def test_what_the_documented_commands_write_is_ignored_by_git():
+    """`curl ... -o digit.png`, `--out scored/` in the README, the docs and the Makefile's
+    hints, run where they are typed (the repo's root), leave `git status` clean;
+    and nothing tracked is ignored."""
+    texts = [ROOT / "README.md", ROOT / "Makefile", *sorted((ROOT / "docs").glob("*.md"))]
+    written = {m.group(1) for path in texts
+               for m in re.finditer(r"(?:\s-o|--out)\s+([\w.][\w./-]*)", path.read_text())}
+    assert "digit.png" in written, written
+    paths = [w + "x" if w.endswith("/") else w for w in sorted(written)]
+    checked = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert set(checked.stdout.split()) == set(paths), checked
+    tracked = subprocess.run(["git", "ls-files", "-ci", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                             text=True, check=True)
+    assert tracked.stdout == ""

@@ -16,7 +16,7 @@ import pytest
 
 from e2e_util import BIN, ROOT, copy_project, env_for, free_port, set_params
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.postgresql]
 STEPS = 4
 # Permissive bounds, so that a four-step generator of one digit passes the gate and
 # becomes the champion: this test is about where things are stored, not their quality.
