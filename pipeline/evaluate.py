@@ -8,10 +8,11 @@ other inputs default as in dvc.yaml (`--params params.yaml --data
 data/prepared/mnist.npz --judge models/judge.keras`). Without `--run-file`
 nothing goes to MLflow. The pipeline passes the train stage's record
 (`--training-run`) and `--run-file`: the result's MLflow run (every stage's
-params, the metrics and figures; tracking.result_run says which run) is
-written there. Writes `<metrics>` (default `<out>/metrics.json`) and, under
-`<out>`, `verdict.json`, `protocol.json` (what the scores are comparable
-under), `per_class.json`, `class_hist.csv` and the PNG figures.
+params, the data as its input, the metrics and figures; tracking.result_run
+says which run) is written there. Writes `<metrics>` (default
+`<out>/metrics.json`) and, under `<out>`, `verdict.json`, `protocol.json`
+(what the scores are comparable under), `per_class.json`, `class_hist.csv`
+and the PNG figures.
 
 Every figure on generated images has the same figure on real held-out test
 images beside it; the verdict thresholds are `evaluate.*` in params.yaml.
@@ -327,13 +328,15 @@ def main(argv: list[str] | None = None) -> None:
         run_params = result_params(args.params, training)
     generator = load_generator(args.generator)
     judge = classifier.load(args.judge)
-    ds = data.training_set(data.load_prepared(args.data), params.load("prepare", args.params))
+    prep = params.load("prepare", args.params)
+    ds = data.training_set(data.load_prepared(args.data), prep)
 
     scores = evaluate(generator, judge, ds, p)
     m, v = scores.metrics, scores.verdict
     write_figures(out, scores.generated, ds.x_train, scores.details)
     atomic.write_json(out / "verdict.json", v.as_dict())
-    atomic.write_json(out / "protocol.json", protocol(judge, ds, p))
+    proto = protocol(judge, ds, p)
+    atomic.write_json(out / "protocol.json", proto)
     atomic.write_json(out / "per_class.json", {str(c): d._asdict() for c, d in scores.details.per_class.items()})
     atomic.write_json(args.metrics or out / "metrics.json", m)
     if training is not None:
@@ -341,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.judge_report:
             judge_report = json.loads(Path(args.judge_report).read_text())
             logged.update({f"judge_{k}": float(x) for k, x in judge_report.items() if isinstance(x, (int, float))})
-        with tracking.result_run(training, run_params) as run:
+        used = tracking.Dataset(args.data, prep.dataset, proto["data_sha256"])
+        with tracking.result_run(training, run_params, data=used) as run:
             run.log_metrics([(k, x, 0) for k, x in logged.items()])
             run.log_artifacts(out, "eval")
             atomic.write_json(args.run_file, {**run.record(), "training_run_id": training["run_id"]})

@@ -5,7 +5,8 @@ Stages call the functions here and never import mlflow themselves
 works with tracking switched off: every caller passes `None` for "no run".
 
 Runs, as the pipeline makes them (README, "Experiments"):
-- `train` opens a training run: train params, per-step losses, sample grids.
+- `train` opens a training run: train params, per-step losses, sample grids,
+  and MLflow's system metrics (CPU, memory, disk, network) while it trains.
 - `evaluate` gives each pipeline result its run. The first evaluation of a
   training made in the same experiment joins that training run (one run holds
   the whole result); an evaluation that reuses cached training gets a run of
@@ -13,6 +14,9 @@ Runs, as the pipeline makes them (README, "Experiments"):
   A finished result is never reopened by another result.
 - `export` adds the model, its registered version and the promotion to the
   result run.
+
+Training and result runs record the prepared data they used as an MLflow dataset
+input (`Dataset`): the Runs table's Dataset column and the run's lineage show it.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -43,6 +48,13 @@ MLFLOW_BATCH = 1000  # MLflow's per-call limit on metrics in one log_batch
 # An unreachable tracking server fails the stage after this many seconds of retries
 # (MNIST_GAN_TRACKING_WAIT sets another wait, e.g. for a server that restarts slowly).
 PROBE_SECONDS = 20
+# Between system metrics samples: shorter than MLflow's default, so that a short training
+# still draws a curve; a sample costs little next to a training step.
+SYSTEM_METRICS_SECONDS = 5
+SYSTEM_PREFIX = "system/"  # MLflow's prefix for the system metrics' keys
+# A dataset's digest as MLflow shows it: its own digests are 8 hex digits, and its store
+# takes at most 36 characters (a SHA-256 has 64).
+DIGEST_CHARS = 8
 
 
 def redact(uri: str) -> str:
@@ -159,6 +171,25 @@ def experiment_id(name: str = EXPERIMENT) -> str:
     return exp.experiment_id
 
 
+@dataclass(frozen=True)
+class Dataset:
+    """The data a run used, as MLflow records it: `path` the prepared file, `name` the
+    `prepare.dataset` value, `sha256` data.arrays_sha256 of the set the stage used."""
+    path: str | Path
+    name: str
+    sha256: str
+
+    def source(self) -> str:
+        """The file as the project names it: relative to the project root (the cwd DVC's
+        stages run in), not this machine's absolute path; a file outside it, as given."""
+        path = Path(self.path)
+        if path.is_absolute():
+            for root in (Path.cwd(), project_root()):
+                with contextlib.suppress(ValueError):
+                    return path.resolve().relative_to(root.resolve()).as_posix()
+        return path.as_posix()
+
+
 class Run:
     """One MLflow run, written through the client (no global active run)."""
 
@@ -197,6 +228,22 @@ class Run:
     def log_dict(self, obj: dict, artifact_file: str) -> None:
         client().log_dict(self.run_id, obj, artifact_file)
 
+    def log_input(self, data: Dataset, context: str) -> None:
+        """`data` as the run's dataset input, used for `context` ("training", "evaluation").
+        MLflow keeps one input per dataset (name and digest) and run: logging the same
+        data again, as a resumed or joined run does, changes nothing."""
+        from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import Dataset as DatasetEntity
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        # A MetaDataset: the digest is at hand, so MLflow never reads the file.
+        source = get_dataset_source_from_json(json.dumps({"uri": data.source()}), "local")
+        meta = MetaDataset(source, name=data.name, digest=data.sha256[:DIGEST_CHARS])
+        client().log_inputs(self.run_id, [DatasetInput(DatasetEntity(**meta.to_dict()),
+                                                       [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
     def record(self) -> dict:
         """What a run file holds: never the tracking URI's credentials."""
         return {"run_id": self.run_id, "experiment_id": self.experiment_id, "name": self.name,
@@ -223,6 +270,39 @@ def _lifecycle(run: Run) -> Iterator[Run]:
     client().set_terminated(run.run_id, "FINISHED")
 
 
+@contextlib.contextmanager
+def system_metrics(run_id: str, interval: float = SYSTEM_METRICS_SECONDS, resume: bool = False) -> Iterator[None]:
+    """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, disk, network;
+    a GPU's where NVIDIA's NVML bindings are installed) sampled every `interval` seconds
+    into the run while the block runs; `resume` continues the steps a resumed run
+    already holds. MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides `interval`.
+
+    The sampler is a daemon thread, stopped (and its last samples written) however the
+    block ends, so it never keeps the process alive. It needs psutil, which mlflow
+    leaves optional and bentoml (pinned in pyproject.toml) requires."""
+    import logging
+
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    client()
+    # Its start and stop notices would come between the stage's own lines.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=resume,
+                                   tracking_uri=tracking_uri())
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+@contextlib.contextmanager
+def _training(run: Run, resumed: bool) -> Iterator[Run]:
+    # The sampler stops before the run is marked FINISHED or FAILED.
+    with _lifecycle(run), system_metrics(run.run_id, resume=resumed):
+        yield run
+
+
 def _new_run(experiment: str, name: str, tags: dict) -> Run:
     exp = experiment_id(experiment)
     created = client().create_run(exp, run_name=name, tags={k: str(v) for k, v in tags.items() if v is not None})
@@ -239,16 +319,20 @@ def run_name(params: dict) -> str:
     return exp_name() or f"{params.get('train.arch')}-{params.get('train.loss')}-{params_hash(params)}"
 
 
-def training_run(params: dict, resume_run_id: str | None = None):
-    """The train stage's run: new (params logged), or the stopped one it resumes."""
+def training_run(params: dict, resume_run_id: str | None = None, data: Dataset | None = None):
+    """The train stage's run: new (params logged), or the stopped one it resumes; `data`
+    is logged as its training input, and system metrics are sampled while it is open."""
     if resume_run_id is not None:
         c = client()
         got = c.get_run(resume_run_id)
         c.update_run(resume_run_id, status="RUNNING")
-        return _lifecycle(Run(resume_run_id, got.info.experiment_id, got.info.run_name))
-    run = _new_run(EXPERIMENT, run_name(params), _base_tags(params_hash(params)))
-    run.log_params(params)
-    return _lifecycle(run)
+        run = Run(resume_run_id, got.info.experiment_id, got.info.run_name)
+    else:
+        run = _new_run(EXPERIMENT, run_name(params), _base_tags(params_hash(params)))
+        run.log_params(params)
+    if data is not None:
+        run.log_input(data, "training")
+    return _training(run, resumed=resume_run_id is not None)
 
 
 def abandon(run_id: str | None, why: str) -> None:
@@ -265,12 +349,14 @@ def abandon(run_id: str | None, why: str) -> None:
         c.set_terminated(run_id, "KILLED")
 
 
-def result_run(training: dict, params: dict):
-    """The run of one pipeline result (all params given here are logged).
+def result_run(training: dict, params: dict, data: Dataset | None = None):
+    """The run of one pipeline result (all params given here are logged; `data` as its
+    evaluation input).
 
     Joins the training run when that training was made for this same
     experiment and holds no result yet; otherwise a new run, linked to it by
-    the `training_run_id` tag, with its per-step curves copied in."""
+    the `training_run_id` tag, with its per-step curves copied in. A joined run
+    already holds the same data as its training input, and MLflow keeps that one."""
     c = client()
     train_id = training["run_id"]
     trained = c.get_run(train_id)
@@ -286,23 +372,28 @@ def result_run(training: dict, params: dict):
         run = Run(train_id, trained.info.experiment_id, name)
         run.set_tags(tags)
         run.log_params(own)
+        if data is not None:
+            run.log_input(data, "evaluation")
         return _lifecycle(run)
     run = _new_run(EXPERIMENT, run_name(params), tags)
     link = f"#/experiments/{trained.info.experiment_id}/runs/{train_id}"
     run.set_tags({TAG_NOTE: f"Evaluation that reuses the training of run [{trained.info.run_name}]({link}); "
                             "its per-step curves are copied here."})
     run.log_params(params)
+    if data is not None:
+        run.log_input(data, "evaluation")
     _copy_curves(train_id, run)
     return _lifecycle(run)
 
 
 def _copy_curves(source_id: str, target: Run) -> None:
     """The training's per-step curves (step >= 1; a result's own metrics sit at step 0)
-    and its sample grids, into a result run that reuses that training."""
+    and its sample grids, into a result run that reuses that training. Not its system
+    metrics: they describe the machine while it trained, not this run."""
     import tempfile
 
     c = client()
-    keys = [k for k in c.get_run(source_id).data.metrics]
+    keys = [k for k in c.get_run(source_id).data.metrics if not k.startswith(SYSTEM_PREFIX)]
     target.log_metrics([(k, m.value, m.step) for k in keys for m in c.get_metric_history(source_id, k) if m.step > 0])
     if any(a.path == "samples" for a in c.list_artifacts(source_id)):
         with tempfile.TemporaryDirectory() as tmp:

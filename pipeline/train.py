@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     tracking.abandon(state.abandoned_run_id, "Stopped before it finished; the next run had other params or "
                                              "data, so it never resumed.")
 
-    with tracking.training_run(flat, resume_run_id=state.run_id) as run:
+    used = tracking.Dataset(args.data, prep.dataset, data.arrays_sha256(ds))
+    with tracking.training_run(flat, resume_run_id=state.run_id, data=used) as run:
         state.run_id = run.run_id
         if resumed:
             print(f"train: resuming MLflow run {run.name} ({run.run_id}) from step {start}")

@@ -1,0 +1,164 @@
+"""What the MLflow UI shows of a run besides its params and metrics, on a real sqlite
+store: the data it used (the Runs table's Dataset column) and, for a training run, the
+system metrics sampled while it trained, through SIGTERM and a resume."""
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from pipeline import data, errors, tracking
+
+PARAMS = {"train.arch": "mlp", "train.loss": "bce", "train.seed": 1}
+SHA = "0123456789abcdef" * 4
+CONTEXT = "mlflow.data.context"
+SYSTEM = {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tracking")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+        for var in ("DVC_EXP_NAME", "DVC_ROOT", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+            mp.delenv(var, raising=False)
+        mp.setattr(tracking, "_CLIENT", None)
+        # The project root, as DVC's stages run in it.
+        mp.chdir(tmp)
+        from mlflow.tracking import MlflowClient
+
+        yield SimpleNamespace(tmp=tmp, client=MlflowClient(tracking.tracking_uri()))
+
+
+def inputs(store, run_id: str) -> list[tuple]:
+    return [(i.dataset.name, i.dataset.digest, i.dataset.source_type, json.loads(i.dataset.source),
+             {t.key: t.value for t in i.tags}) for i in store.client.get_run(run_id).inputs.dataset_inputs]
+
+
+def sampler_running() -> bool:
+    return any(t.name == "SystemMetricsMonitor" and t.is_alive() for t in threading.enumerate())
+
+
+def system_steps(store, run_id: str) -> list[int]:
+    return sorted(m.step for m in store.client.get_metric_history(run_id, "system/cpu_utilization_percentage"))
+
+
+def test_training_and_result_runs_carry_the_data_they_used(store):
+    # The stage's path as given (relative) or absolute under the project: the same source.
+    absolute = tracking.Dataset(store.tmp / "data/prepared/mnist.npz", "mnist", SHA)
+    relative = tracking.Dataset("data/prepared/mnist.npz", "mnist", SHA)
+    source = {"uri": "data/prepared/mnist.npz"}
+    trained = [("mnist", SHA[:8], "local", source, {CONTEXT: "training"})]
+
+    with tracking.training_run(PARAMS, data=absolute) as t:
+        pass
+    assert inputs(store, t.run_id) == trained
+    with tracking.training_run(PARAMS, resume_run_id=t.run_id, data=relative):
+        pass
+    assert inputs(store, t.run_id) == trained  # a resumed run: still one input
+
+    training = {"run_id": t.run_id, "params": PARAMS}
+    with tracking.result_run(training, {**PARAMS, "evaluate.seed": 0}, data=relative) as joined:
+        pass
+    # The result joins the training run, which already holds the same data.
+    assert joined.run_id == t.run_id and inputs(store, t.run_id) == trained
+    with tracking.result_run(training, {**PARAMS, "evaluate.seed": 1}, data=relative) as own:
+        pass
+    assert own.run_id != t.run_id
+    assert inputs(store, own.run_id) == [("mnist", SHA[:8], "local", source, {CONTEXT: "evaluation"})]
+
+    stacked = tracking.Dataset("data/prepared/mnist.npz", "stacked", "f" * 64)
+    with tracking.training_run({**PARAMS, "prepare.dataset": "stacked"}, data=stacked) as s:
+        pass
+    assert inputs(store, s.run_id) == [("stacked", "f" * 8, "local", source, {CONTEXT: "training"})]
+
+
+def test_a_training_run_samples_system_metrics_and_stops_on_sigterm_and_after_resume(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
+    with tracking.training_run(PARAMS) as run:
+        time.sleep(1)
+    assert not sampler_running()
+    assert SYSTEM <= store.client.get_run(run.run_id).data.metrics.keys()
+    first = system_steps(store, run.run_id)
+    assert first == list(range(len(first))) and first
+
+    # SIGTERM arrives in the stage as errors.Terminated: the sampler stops, the run FAILED.
+    with pytest.raises(errors.Terminated):
+        with tracking.training_run(PARAMS, resume_run_id=run.run_id):
+            time.sleep(1)
+            raise errors.Terminated()
+    assert not sampler_running()
+    assert store.client.get_run(run.run_id).info.status == "FAILED"
+    # The resumed run's samples continue its steps.
+    after = system_steps(store, run.run_id)
+    assert after == list(range(len(after))) and len(after) > len(first)
+
+
+def test_system_metrics_helper_takes_its_interval(store):
+    with tracking.training_run(PARAMS) as run:
+        pass
+    store.client.update_run(run.run_id, status="RUNNING")  # the sampler stops on a run that ended
+    with tracking.system_metrics(run.run_id, interval=0.1):
+        time.sleep(1)
+    assert not sampler_running()
+    assert SYSTEM <= store.client.get_run(run.run_id).data.metrics.keys()
+
+
+@pytest.mark.slow
+def test_train_stage_logs_its_data_and_system_metrics(tmp_path, monkeypatch):
+    """The train stage run in its project root, as DVC runs it: stopped by SIGTERM while
+    the sampler samples, then resumed to the end."""
+    from test_train import env_for, mlflow_client, tiny_data
+    from test_train_stage import gated, resume_params, train_cmd
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    tiny_data(tmp_path)
+    (tmp_path / "params.yaml").write_text(resume_params(steps=30))
+    proc = gated(tmp_path, 10, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        time.sleep(1)  # held at step 10, while the sampler keeps sampling
+        proc.terminate()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err[-2000:]
+    client = mlflow_client(tmp_path)
+    run_id = json.loads((tmp_path / "models/checkpoints/meta.json").read_text())["run_id"]
+    assert client.get_run(run_id).info.status == "FAILED"
+    stopped = sorted(m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage"))
+    assert stopped
+
+    done = subprocess.run(train_cmd(tmp_path), cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "resuming MLflow run" in done.stdout, done.stderr[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage"))
+    assert steps == list(range(len(steps))) and len(steps) > len(stopped)
+    assert SYSTEM <= run.data.metrics.keys()
+    digest = data.arrays_sha256(data.load_prepared(tmp_path / "mnist.npz"))
+    [used] = run.inputs.dataset_inputs
+    assert (used.dataset.name, used.dataset.digest, json.loads(used.dataset.source)) == \
+        ("mnist", digest[:8], {"uri": "mnist.npz"})
+    assert {t.key: t.value for t in used.tags} == {CONTEXT: "training"}
+
+
+def test_a_result_run_of_its_own_gets_the_curves_but_not_the_system_metrics(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
+    with tracking.training_run(PARAMS) as t:
+        t.log_metrics([("d_loss", 0.5, 1)])
+        time.sleep(0.5)
+    assert SYSTEM <= store.client.get_run(t.run_id).data.metrics.keys()
+    training = {"run_id": t.run_id, "params": PARAMS}
+    with tracking.result_run(training, {**PARAMS, "evaluate.seed": 0}):
+        pass
+    with tracking.result_run(training, {**PARAMS, "evaluate.seed": 1}) as own:
+        pass
+    # They describe the machine while it trained, not this run.
+    assert list(store.client.get_run(own.run_id).data.metrics) == ["d_loss"]
