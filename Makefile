@@ -7,6 +7,9 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 PORT ?= 3000
 HOST ?= 127.0.0.1
 UI_PORT ?= 5000
+DOCS_PORT ?= 8000
+# Material for MkDocs prints a banner about MkDocs 2 at every build otherwise.
+export NO_MKDOCS_2_WARNING ?= 1
 # What `make serve` and `make bento` take: champion (the registry's alias), latest, or a BentoML tag.
 MODEL ?= champion
 # The store every stage and `make ui` use (an absolute path, as the queue's copies need).
@@ -24,7 +27,7 @@ GRID_SET ?=
 # is make stack's database.
 DEBIAN_PACKAGES ?= graphviz chromium postgresql
 
-.PHONY: run test test-fast serve ui grid exp compare install install-dev install-gpu install-team system-deps stack stack-down stack-env remote clean
+.PHONY: run test test-fast serve ui grid exp compare install install-dev install-gpu install-team system-deps stack stack-down stack-env remote docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,7 +61,7 @@ system-deps:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } \
 			|| echo "note: could not install $$missing; going on without them"; \
 	else \
-		echo "note: missing Debian packages ($$missing); install them for architecture diagrams and the browser test"; \
+		echo "note: missing Debian packages ($$missing); without them the diagrams are skipped, and make test names the tests that need them and skips them"; \
 	fi
 
 # A team's clients and server parts (PostgreSQL driver, S3 for MLflow and DVC).
@@ -130,7 +133,7 @@ compare: install
 	$(BIN)/python -m pipeline.compare $(if $(RUNS),--runs $(RUNS))
 
 # A tracking server on PostgreSQL and an S3-compatible store (moto), on loopback
-# (ops/stack.py; README, "Team mode"). stack-down stops it; the database stays.
+# (ops/stack.py; docs/team.md). stack-down stops it; the database stays.
 stack: install
 	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES=postgresql
 	@$(BIN)/python -c "import psycopg2, boto3, moto" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[stack]"
@@ -142,6 +145,14 @@ stack-down:
 # The exports that point this shell at the stack: eval "$$(make -s stack-env)".
 stack-env:
 	@$(BIN)/python ops/stack.py env
+
+# The docs site (docs/, mkdocs.yml) with live reload; `mkdocs build --strict` runs in make test.
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $(VENV)/.installed $@
+
+docs: $(VENV)/.installed-docs
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 # The default DVC remote: make remote URL=s3://bucket/path [ENDPOINT=http://...] or URL=/a/folder.
 remote: install

@@ -14,8 +14,8 @@ the held-out images with the judge; the first 64 go to
 `<work>/<candidate>/samples_<step>.png`, and the last generator to
 `<work>/<candidate>/generator.keras`. Training time excludes the scoring. The
 rows are one Markdown table: `fcd`, classifier-score ratio, precision, recall
-and modes against training seconds, for the README's recipe table, so that
-candidates compare at equal wall time on the same machine; they go to
+and modes against training seconds (docs/training.md#recipes-against-training-time),
+so that candidates compare at equal wall time on the same machine; they go to
 docs/results/curves.md too (`--results DIR`, `--no-results`).
 
 The judge and the data are `--judge`/`--data` (default: prepared and trained

@@ -200,6 +200,21 @@ def publish(name: str, title: str, body: str, *, argv: list[str] | None = None, 
     return page
 
 
+README = ROOT / "README.md"
+
+
+def readme_block(name: str, text: str, readme: Path = README) -> None:
+    """Rewrite the README's generated block `<!-- results:<name> -->` with `text`: the
+    front page quotes a results page's figures without anyone retyping them."""
+    start, end = f"<!-- results:{name} -->\n", f"<!-- /results:{name} -->"
+    old = readme.read_text()
+    before, found, rest = old.partition(start)
+    _, found_end, after = rest.partition(end)
+    if not (found and found_end):
+        raise SystemExit(f"{readme.name} has no block {start.strip()} ... {end}")
+    atomic.write_text(readme, before + start + text.strip() + "\n" + end + after)
+
+
 def markdown(lines: list[str]) -> str:
     """Printed lines as Markdown: Markdown table rows as they are, every other run of
     lines in a text block (so that columns aligned with spaces stay aligned)."""

@@ -1,4 +1,4 @@
-"""Stacked MNIST's results table (README, "Stacked MNIST"): the papers' DCGAN and
+"""Stacked MNIST's results table (docs/stacked.md): the papers' DCGAN and
 PacDCGAN2 recipes over several training seeds, each row made from the MLflow
 result runs, beside the rows VEEGAN and PacGAN published.
 

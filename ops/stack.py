@@ -15,7 +15,7 @@ pids and `stack.json`. Ports: STACK_PG_PORT, STACK_S3_PORT, STACK_MLFLOW_PORT.
 The database has a random password, kept in `stack.json` (mode 600), and
 listens on loopback only. moto keeps its objects in memory: they go with
 `down`. It stands in for a real store in tests; use S3 or MinIO for work
-(README, "Team mode").
+(docs/team.md).
 
 PostgreSQL refuses to run as root; as root the cluster is run by the
 `postgres` user and lives in its home, under a name derived from STACK_DIR.

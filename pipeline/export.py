@@ -11,7 +11,7 @@ z (n, z_dim) -> (n, 28, 28, 1) in [-1, 1]) and `<out>/model_card.json`,
 registers the MLflow model (serving.contract.REGISTERED_MODEL) from the result's
 run, saves the SavedModel and card to the BentoML store (contract.store), and
 moves the registry alias `champion` to this version only when `decide` says
-so (README, "Promotion"): it passes the gate and beats the champion on the
+so (docs/experiments.md#promotion): it passes the gate and beats the champion on the
 ranking, under the same evaluation protocol. The comparison is recorded in the
 run (`promotion.json`, `promotion.*` tags) and on the version.
 """

@@ -371,8 +371,8 @@ def _sq_norms(x: np.ndarray) -> np.ndarray:
 
 def _distances(a: np.ndarray, a_sq: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
     """Euclidean distances of a's rows to b's from their squared norms, as |a|^2 + |b|^2 - 2 a.b:
-    one BLAS matrix product on every core instead of scipy's cdist loop on one (README,
-    "Stacked MNIST", has the times), one (len(a), len(b)) array in memory."""
+    one BLAS matrix product on every core instead of scipy's cdist loop on one, one
+    (len(a), len(b)) array in memory (docs/stacked.md)."""
     d = a @ b.T
     d *= -2.0
     d += a_sq[:, None]

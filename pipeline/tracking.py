@@ -4,7 +4,7 @@ Stages call the functions here and never import mlflow themselves
 (`mlflow_model.py` is the logged model's own code, not a stage's). The math
 works with tracking switched off: every caller passes `None` for "no run".
 
-Runs, as the pipeline makes them (README, "Experiments"):
+Runs, as the pipeline makes them (docs/experiments.md#one-mlflow-run-per-result-never-overwritten):
 - `train` opens a training run: train params, per-step losses, sample grids,
   and MLflow's system metrics (CPU, memory, disk, network) while it trains.
 - `evaluate` gives each pipeline result its run. The first evaluation of a

@@ -9,7 +9,7 @@ the same params and data resumes from its last checkpoint, continues the same
 MLflow run, and finishes at exactly `train.steps`.
 
 With `train.strategy: multi_worker` the same command runs once per host, each
-with its own TF_CONFIG (README, "Training on several machines"); the chief
+with its own TF_CONFIG (docs/team.md#training-across-hosts); the chief
 alone tracks and writes, and the others only train (see `main`).
 """
 from __future__ import annotations

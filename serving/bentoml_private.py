@@ -24,7 +24,7 @@ BentoML's: only the answer's encoding differs.
 **Tracing.** BentoML puts OpenTelemetry's ASGI middleware in front of every
 route, whether or not any trace is kept: with `tracing.sample_rate` unset or 0
 (BentoML's default) it still makes a span per request and more per body
-message, a measurable share of a single-z `/generate` (README, "Speed").
+message, a measurable share of a single-z `/generate` (docs/serving.md#speed).
 `untraced_routes()` names the routes to leave out of tracing
 (`tracing.excluded_urls`) while no trace is sampled; with a sample rate above 0
 it names none, and every route is traced as configured.

@@ -58,7 +58,7 @@ def snapshot(env: dict, run_id: str):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """`dvc repro` on tiny params, then the results committed as the README says."""
+    """`dvc repro` on tiny params, then the results committed as docs/pipeline.md says."""
     tmp = tmp_path_factory.mktemp("exp")
     project = copy_project(tmp / "project")
     set_params(project, **TINY)

@@ -236,14 +236,14 @@ def test_transport_errors_are_4xx(server):
     assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200
 
 
-def test_readme_python_client_example_runs(server, tmp_path):
-    """The README's bentoml.SyncHTTPClient block, run as written against a real server
+def test_docs_python_client_example_runs(server, tmp_path):
+    """docs/serving.md's bentoml.SyncHTTPClient block, run as written against a real server
     (its URL and z_dim swapped for this one's)."""
     import re
     import sys
 
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- client-example:.*?-->\n```python\n(.*?)```", readme, re.S).group(1)
+    page = (ROOT / "docs/serving.md").read_text()
+    block = re.search(r"<!-- client-example:.*?-->\n```python\n(.*?)```", page, re.S).group(1)
     assert "http://127.0.0.1:3000" in block and "(4, 100)" in block
     code = block.replace("http://127.0.0.1:3000", server.url).replace("(4, 100)", f"(4, {Z_DIM})")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
