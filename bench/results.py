@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -32,6 +33,8 @@ from pipeline import atomic
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 # The x86 features TensorFlow's oneDNN kernels choose their code paths by.
+# What benches write besides their pages: the pictures and the README's generated blocks.
+WRITTEN_BY_BENCHES = (ROOT / "docs" / "img", ROOT / "README.md")
 TF_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
@@ -102,9 +105,10 @@ def machine() -> Machine:
     return Machine(cpu, tuple(f for f in TF_FLAGS if f in flags), cores, usable, memory, gpu())
 
 
-def commit(root: Path = ROOT, leave_out: Path | None = None) -> str:
+def commit(root: Path = ROOT, leave_out: Path | Sequence[Path] | None = None) -> str:
     """HEAD's short hash, with "+ uncommitted changes" where tracked files differ from it.
-    `leave_out` (the results folder) does not count: an earlier bench's page changes it."""
+    Changes under `leave_out` (the results folder, the pictures, the README's blocks) do
+    not count: the benches write them, and they change nothing that is measured."""
     def git(*args: str) -> subprocess.CompletedProcess:
         # No optional locks: another git process may be committing in the same checkout.
         return subprocess.run(["git", "--no-optional-locks", "-C", str(root), *args], capture_output=True, text=True)
@@ -115,9 +119,10 @@ def commit(root: Path = ROOT, leave_out: Path | None = None) -> str:
         return "unknown (no git)"
     if head.returncode:
         return "unknown (not a git checkout)"
-    paths = []
-    if leave_out is not None and Path(leave_out).resolve().is_relative_to(Path(root).resolve()):
-        paths = ["--", ".", f":(exclude){Path(leave_out).resolve().relative_to(Path(root).resolve())}"]
+    top = Path(root).resolve()
+    outs = [leave_out] if isinstance(leave_out, (str, Path)) else list(leave_out or ())
+    inside = [Path(o).resolve() for o in outs if Path(o).resolve().is_relative_to(top)]
+    paths = ["--", ".", *(f":(exclude){o.relative_to(top)}" for o in inside)] if inside else []
     dirty = git("status", "--porcelain", "--untracked-files=no", *paths).stdout.strip()
     return head.stdout.strip() + (" + uncommitted changes" if dirty else "")
 
@@ -143,7 +148,7 @@ def portable(text: str) -> str:
 
 def command(name: str, argv: list[str]) -> str:
     """The command that ran bench/<name>.py with `argv`, as one would type it at the repository's root."""
-    return shlex.join(["python", f"bench/{name}.py", *map(_relative, argv)])
+    return shlex.join(["python", f"bench/{name}.py", *(portable(_relative(a)) for a in argv)])
 
 
 def header(page: Path) -> dict:
@@ -182,7 +187,7 @@ def publish(name: str, title: str, body: str, *, argv: list[str] | None = None, 
     out = Path(out) if out is not None else RESULTS
     m = machine()
     head = {"title": title, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": m.one_line(), "commit": commit(ROOT, leave_out=out),
+            "machine": m.one_line(), "commit": commit(ROOT, leave_out=[out, *WRITTEN_BY_BENCHES]),
             "command": command(name, sys.argv[1:] if argv is None else list(argv))}
     absent = [f for f in TF_FLAGS if f not in m.flags]
     text = ("---\n" + yaml.safe_dump(head, sort_keys=False, allow_unicode=True, width=1 << 16) + "---\n\n"

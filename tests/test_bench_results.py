@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def lscpu_model() -> str | None:
 
 
 def test_page_header_names_machine_date_commit_and_command(tmp_path):
-    argv = ["--data", str(ROOT / "data/prepared/mnist.npz"), "--note", "two words", "--label=it's", "--rounds", "3"]
+    argv = ["--data", str(ROOT / "data/prepared/mnist.npz"), "--note", "two words", "--label=it's", "--rounds", "3",
+            "--work", str(Path(tempfile.gettempdir()) / "w")]
     body = "| a | b |\n|---|---|\n| 1 | 2 |\n"
     page = results.publish("demo", "A demo | page", body, argv=argv, out=tmp_path)
     assert page == tmp_path / "demo.md"
@@ -60,7 +62,8 @@ def test_page_header_names_machine_date_commit_and_command(tmp_path):
 
     # The command reruns the bench from the repository's root: paths in it relative to it.
     assert shlex.split(head["command"]) == ["python", "bench/demo.py", "--data", "data/prepared/mnist.npz",
-                                            "--note", "two words", "--label=it's", "--rounds", "3"]
+                                            "--note", "two words", "--label=it's", "--rounds", "3",
+                                            "--work", "<tmp>/w"]  # a folder of this machine's, named
     assert f"- Command: `{head['command']}`" in text
     assert head["title"] == "A demo | page" and text.endswith(body)
     assert str(ROOT) not in text
@@ -81,8 +84,15 @@ def test_commit_is_head_and_says_when_tracked_files_changed(tmp_path):
     (repo / "docs/results/x.md").write_text("a bench ran")
     assert results.commit(repo, leave_out=repo / "docs/results") == head
     assert results.commit(repo) == f"{head} + uncommitted changes"
+    (repo / "README.md").write_text("a bench's block")
+    git(repo, "add", "README.md")
+    git(repo, "commit", "-qm", "readme")
+    head = git(repo, "rev-parse", "--short", "HEAD")
+    (repo / "README.md").write_text("the block rewritten")
+    assert results.commit(repo, leave_out=[repo / "docs/results", repo / "README.md"]) == head
     (repo / "a.txt").write_text("changed")
     assert results.commit(repo, leave_out=repo / "docs/results") == f"{head} + uncommitted changes"
+    assert results.commit(repo, leave_out=[repo / "docs/results", repo / "README.md"]) == f"{head} + uncommitted changes"
     assert results.commit(tmp_path / "elsewhere").startswith("unknown")
 
 
@@ -137,7 +147,7 @@ def test_eval_speed_writes_its_page_where_results_says(tmp_path):
 
     page = tmp_path / "pages/eval_speed.md"
     head, text = results.header(page), page.read_text()
-    assert shlex.split(head["command"]) == ["python", "bench/eval_speed.py", *args]
+    assert shlex.split(head["command"]) == ["python", "bench/eval_speed.py", *map(results.portable, args)]
     assert "nearest-train L1: 12 queries x 200 training images x 784 pixels, 2 rounds" in text
     assert "identical to cdist on its queries: True" in text and "```text" in text
     assert "[" + head["title"] + "](eval_speed.md)" in (tmp_path / "pages/index.md").read_text()
