@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
+from bench.serve_throughput import free_port  # noqa: E402
+from ops import mlflow_ui  # noqa: E402
 
 STAGE = re.compile(r"Running stage '([\w-]+)'")
 # The lines at the end of `make run` that say how it went.
@@ -44,12 +45,6 @@ SERVER_WAIT = 300  # seconds for `bentoml serve` or `mlflow ui` to answer (a col
 # What a newcomer's shell would not carry into a fresh clone.
 DROPPED_ENV = ("MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "PYTHONPATH", "BENTOML_HOME", "DVC_ROOT",
                "MNIST_GAN_MODEL", "MNIST_GAN_REGISTERED_MODEL")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(work: Path) -> dict:
@@ -134,18 +129,16 @@ def serve_pictures(repo: Path, env: dict, work: Path, images: Path) -> str:
         grid.write_bytes(post(f"{base}/sample", {"n": 64, "seed": 0}))
         img = Image.open(grid)
         img.resize((img.width * 2, img.height * 2), Image.NEAREST).save(images / "samples.png")
-        subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                        "--hide-scrollbars", "--window-size=1280,900", f"--screenshot={images / 'ui.png'}",
-                        "--virtual-time-budget=5000", f"{base}/ui"], check=True, capture_output=True, timeout=120)
+        subprocess.run([chromium(), "--headless", *mlflow_ui.CHROMIUM_ARGS, "--hide-scrollbars", "--window-size=1280,900",
+                        f"--screenshot={images / 'ui.png'}", "--virtual-time-budget=5000", f"{base}/ui"],
+                       check=True, capture_output=True, timeout=120)
         with urllib.request.urlopen(f"{base}/info", timeout=30) as r:
             selected = json.load(r).get("selected", {})
     return f"{selected.get('by', '?')} v{selected.get('version', '?')}: {selected.get('reason', '')}"
 
 
 def chromium() -> str:
-    from ops.mlflow_ui import chromium as find
-
-    path = find()
+    path = mlflow_ui.chromium()
     if path is None:
         raise SystemExit("the pictures need Debian's chromium (make system-deps)")
     return path
@@ -154,8 +147,6 @@ def chromium() -> str:
 def runs_picture(repo: Path, env: dict, work: Path, images: Path) -> None:
     """`make ui`, then the runs page with the gate's columns, as ops/mlflow_ui.py drives it."""
     from playwright.sync_api import sync_playwright
-
-    from ops import mlflow_ui
 
     run = json.loads((repo / "reports/mlflow_run.json").read_text())["name"]
     port = free_port()
