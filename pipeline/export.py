@@ -32,13 +32,26 @@ PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
 RANKING = (("fcd", "lower"), ("classifier_score_ratio", "higher"))
 
 
+def kind_of(generator) -> str:
+    """contract.KINDS: conditional (it takes a digit), stacked (three channels), else digits."""
+    from pipeline.models import digit_input
+
+    if digit_input(generator) is not None:
+        return "conditional"
+    return "stacked" if int(generator.output_shape[-1]) == 3 else "digits"
+
+
 def model_card(generator, run: dict, metrics: dict, data_report: dict, train_params: dict,
                verdict: dict | None = None, protocol: dict | None = None) -> dict:
-    return {
-        "name": contract.BENTO_MODEL,
-        "z_dim": int(generator.input_shape[-1]),
-        "input": {"name": "z", "dtype": "float32", "shape": [None, int(generator.input_shape[-1])],
-                  "distribution": "standard normal"},
+    from pipeline.models import z_dim_of
+
+    kind, z_dim = kind_of(generator), z_dim_of(generator)
+    card = {
+        "name": contract.bento_model(kind),
+        "kind": kind,
+        "conditional": kind == "conditional",
+        "z_dim": z_dim,
+        "input": {"name": "z", "dtype": "float32", "shape": [None, z_dim], "distribution": "standard normal"},
         "output": {"dtype": "float32", "shape": [None, *map(int, generator.output_shape[1:])], "range": [-1.0, 1.0]},
         "arch": train_params.get("train.arch"),
         "loss": train_params.get("train.loss"),
@@ -54,6 +67,11 @@ def model_card(generator, run: dict, metrics: dict, data_report: dict, train_par
         "eval_protocol": (protocol or {}).get("id"),
         "data_sha256": data_report.get("data_sha256"),
     }
+    if card["conditional"]:
+        # The SavedModel's serve(z, digit): one digit per z, the class it draws.
+        card["digit_input"] = {"name": "digit", "dtype": "int32", "shape": [None]}
+        card["classes"] = list(range(contract.DIGITS))
+    return card
 
 
 def _beats(challenger: dict, champion: dict) -> tuple[bool, str]:
@@ -93,9 +111,27 @@ def decide(challenger: dict, champion: dict | None) -> dict:
 
 
 def export_saved_model(generator, target: Path) -> None:
+    """The SavedModel's `serve` endpoint: `serve(z)` with z (n, z_dim) float32, and for a
+    conditional generator `serve(z, digit)` with digit (n,) int32; both return
+    (n, 28, 28, c) float32 in [-1, 1]."""
+    from pipeline.models import digit_input, z_dim_of
+
     with atomic.atomic_dir(target) as tmp:
-        # Model.export writes into a fresh folder of its own.
-        generator.export(str(tmp / "m"), format="tf_saved_model", verbose=False)
+        # Keras writes into a fresh folder of its own.
+        at = digit_input(generator)
+        if at is None:
+            generator.export(str(tmp / "m"), format="tf_saved_model", verbose=False)
+        else:
+            import keras
+            import tensorflow as tf
+
+            archive = keras.export.ExportArchive()
+            archive.track(generator)
+            archive.add_endpoint(
+                "serve", lambda z, digit: generator([digit, z] if at == 0 else [z, digit], training=False),
+                input_signature=[tf.TensorSpec((None, z_dim_of(generator)), tf.float32, name="z"),
+                                 tf.TensorSpec((None,), tf.int32, name="digit")])
+            archive.write_out(str(tmp / "m"), verbose=False)
         for item in (tmp / "m").iterdir():
             shutil.move(str(item), tmp / item.name)
         (tmp / "m").rmdir()

@@ -31,15 +31,52 @@ def build_discriminator(p, channels: int = 1) -> keras.Model:
     return archs.REGISTRY[p.d_arch_name].discriminator(getattr(p, p.d_arch_name), channels=channels, pack=p.pack)
 
 
+def digit_input(model: keras.Model) -> int | None:
+    """Where a conditional generator takes its digit: the position of its one rank-1
+    input (`digit`, (n,) int32, 0-9) beside z ((n, z_dim) float32); None for a
+    generator of z alone. Found from the inputs' shapes, so any such model qualifies."""
+    shapes = [tuple(t.shape) for t in model.inputs]
+    if len(shapes) == 2 and sorted(len(s) for s in shapes) == [1, 2]:
+        return [len(s) for s in shapes].index(1)
+    return None
+
+
+def z_dim_of(model: keras.Model) -> int:
+    return int(next(t.shape[-1] for t in model.inputs if len(t.shape) == 2))
+
+
+def generate(model: keras.Model, z, digits=None, batch: int = 512):
+    """Images (n, 28, 28, c) from z (n, z_dim), and for a conditional generator one
+    digit per row (n,), drawn in batches in inference mode."""
+    import numpy as np
+
+    at = digit_input(model)
+    if (at is None) != (digits is None):
+        raise ValueError("digits: a conditional generator needs one digit per z, another takes none")
+    out = []
+    for i in range(0, len(z), batch):
+        zb = np.asarray(z[i:i + batch], np.float32)
+        if at is None:
+            args = zb
+        else:
+            db = np.asarray(digits[i:i + batch], np.int32)
+            args = [db, zb] if at == 0 else [zb, db]
+        out.append(np.asarray(model(args, training=False)))
+    return np.concatenate(out)
+
+
 def load_generator(path: str | Path) -> keras.Model:
-    """A saved generator (n, z_dim) -> (n, 28, 28, c), c 1 or 3, checked for that shape."""
+    """A saved generator (n, z_dim) -> (n, 28, 28, c), c 1 or 3, or a conditional one
+    ((n, z_dim), (n,) digits) -> (n, 28, 28, 1), checked for that shape."""
     path = Path(path)
     if not path.is_file():
         raise StageError(f"{path}: generator not found")
     model = keras.models.load_model(path, compile=False)
-    if len(model.input_shape) != 2 or tuple(model.output_shape[1:]) not in [(28, 28, c) for c in CHANNELS]:
-        raise StageError(f"{path}: expected a generator (n, z_dim) -> (n, 28, 28, 1 or 3), "
-                         f"got {model.input_shape} -> {model.output_shape}")
+    ranks = sorted(len(t.shape) for t in model.inputs)
+    if ranks not in ([2], [1, 2]) or tuple(model.output_shape[1:]) not in [(28, 28, c) for c in CHANNELS]:
+        raise StageError(f"{path}: expected a generator (n, z_dim) -> (n, 28, 28, 1 or 3), or one of "
+                         f"(z (n, z_dim), digit (n,)), got {[tuple(t.shape) for t in model.inputs]} -> "
+                         f"{model.output_shape}")
     return model
 
 

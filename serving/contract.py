@@ -13,14 +13,50 @@ import os
 import shutil
 from pathlib import Path
 
+# Each kind of generator is its own BentoML model and registered model, with its own
+# champion, and kinds are never ranked against each other: plain digits, digits drawn on
+# request (conditional: the generator takes z and a digit), and Stacked MNIST's three
+# stacked digits (RGB). `MNIST_GAN_KIND` picks the kind `make serve` serves.
+KINDS = ("digits", "conditional", "stacked")
+DIGITS = 10  # a conditional generator's classes: the digits 0-9
 BENTO_MODEL = "mnist_gan_generator"
-# The registry's model of generators; another name keeps a separate line of versions and champion.
+# The registry's model of digit generators, and the stem of the other kinds' names;
+# another name keeps separate lines of versions and champions.
 REGISTERED_MODEL = os.environ.get("MNIST_GAN_REGISTERED_MODEL", "mnist-gan-generator")
 CHAMPION = "champion"
 # What the served model needs installed: the Bento's and the logged pyfunc's requirements.
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 CARD = "model_card.json"
 SAVED_MODEL = "saved_model"
+
+
+def check_kind(kind: str, where: str = "MNIST_GAN_KIND") -> str:
+    if kind not in KINDS:
+        raise ValueError(f"{where}: {kind!r} is not a kind of generator; allowed values: {', '.join(KINDS)}")
+    return kind
+
+
+def served_kind() -> str:
+    """The kind `make serve` serves (KIND=, or MNIST_GAN_KIND): digits unless set."""
+    return check_kind(os.environ.get("MNIST_GAN_KIND") or "digits")
+
+
+def bento_model(kind: str = "digits") -> str:
+    """The BentoML model name of a kind: mnist_gan_generator, mnist_gan_generator_conditional, ..."""
+    return BENTO_MODEL if check_kind(kind, "kind") == "digits" else f"{BENTO_MODEL}_{kind}"
+
+
+def registered_model(kind: str = "digits") -> str:
+    """The registered MLflow model of a kind: mnist-gan-generator, mnist-gan-generator-conditional, ..."""
+    return REGISTERED_MODEL if check_kind(kind, "kind") == "digits" else f"{REGISTERED_MODEL}-{kind}"
+
+
+def kind_of(card: dict) -> str:
+    """A model card's kind; cards written before kinds existed say it by their output's channels."""
+    if card.get("kind"):
+        return check_kind(card["kind"], "model card kind")
+    channels = int(card.get("output", {}).get("shape", [None, 28, 28, 1])[-1])
+    return "stacked" if channels == 3 else "digits"
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -41,16 +77,18 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
-def store(saved_model: Path, card: dict | Path, tag: str = BENTO_MODEL) -> str:
+def store(saved_model: Path, card: dict | Path, tag: str | None = None) -> str:
     """Put a generator into this machine's BentoML store (BENTOML_HOME): the SavedModel
     folder and its model card (a mapping, or the card's file), labelled from the card.
-    `tag` is the model's name (a new version) or a full `name:version` (that version,
-    as another machine stored it). Returns the stored tag."""
+    `tag` is the model's name (a new version; default: its kind's bento_model) or a full
+    `name:version` (that version, as another machine stored it). Returns the stored tag."""
     import bentoml
 
     if not isinstance(card, dict):
         card = json.loads(Path(card).read_text())
-    labels = {"mlflow_run_id": str(card.get("mlflow_run_id")), "arch": str(card.get("arch"))}
+    tag = tag or bento_model(kind_of(card))
+    labels = {"mlflow_run_id": str(card.get("mlflow_run_id")), "arch": str(card.get("arch")),
+              "kind": kind_of(card)}
     if card.get("registered_model"):
         labels["registered_version"] = str(card["registered_model"]["version"])
     with bentoml.models.create(tag, labels=labels, metadata={"z_dim": card["z_dim"],
