@@ -68,14 +68,14 @@ class MLPArch(ArchParams):
     leaky_slope: Rate
 
 
-def mlp_generator(z_dim: int, a: MLPArch, channels: int = 1, **virtual):
+def mlp_generator(z_dim: int, a: MLPArch, channels: int = 1, **code):
     """Seed 004: Dense blocks (128-256-512-1024), each LeakyReLU + BatchNorm(0.8), then Dense(784, tanh)."""
     import keras
     from keras import layers
 
     from pipeline.layers import latent
 
-    z, x = latent(z_dim, **virtual)
+    z, x = latent(z_dim, **code)
     for units in a.g_units:
         x = layers.Dense(units)(x)
         x = layers.LeakyReLU(a.leaky_slope)(x)
@@ -84,21 +84,21 @@ def mlp_generator(z_dim: int, a: MLPArch, channels: int = 1, **virtual):
     return keras.Model(z, layers.Activation("tanh", dtype="float32")(x), name="generator")
 
 
-def mlp_discriminator(a: MLPArch, channels: int = 1, pack: int = 1):
+def mlp_discriminator(a: MLPArch, channels: int = 1, pack: int = 1, condition: str = "none"):
     """Seed 004: Flatten, Dense(784), LeakyReLU(0.2), Dense(392), LeakyReLU(0.2), Dense(1);
     optionally Dropout after each LeakyReLU."""
-    import keras
     from keras import layers
 
-    from pipeline.layers import image_input
+    from pipeline.layers import critic_head, image_input
 
-    img, x = image_input(channels, pack)
+    d = image_input(channels, pack, condition)
+    x = d.x
     x = layers.Flatten()(x)
     for units in a.d_units:
         x = layers.LeakyReLU(a.leaky_slope)(layers.Dense(units)(x))
         if a.d_dropout:
             x = layers.Dropout(a.d_dropout)(x)
-    return keras.Model(img, layers.Dense(1, dtype="float32")(x), name="discriminator")
+    return critic_head(d, x)
 
 
 # --- dcgan: seed 001 (Atienza) ---------------------------------------------------
@@ -120,7 +120,7 @@ class DCGANArch(ArchParams):
         return self
 
 
-def dcgan_generator(z_dim: int, a: DCGANArch, channels: int = 1, **virtual):
+def dcgan_generator(z_dim: int, a: DCGANArch, channels: int = 1, **code):
     """Seed 001 (Atienza): Dense to 7x7x128, then BatchNorm-ReLU-Conv2DTranspose
     blocks (filters 128/64/32/1, kernel 5, strides 2/2/1/1); tanh for [-1, 1]."""
     import keras
@@ -128,7 +128,7 @@ def dcgan_generator(z_dim: int, a: DCGANArch, channels: int = 1, **virtual):
 
     from pipeline.layers import latent
 
-    z, x = latent(z_dim, **virtual)
+    z, x = latent(z_dim, **code)
     x = layers.Dense(7 * 7 * a.g_filters[0])(x)
     x = layers.Reshape((7, 7, a.g_filters[0]))(x)
     for filters, strides in zip([*a.g_filters[:-1], channels], a.g_strides):
@@ -138,20 +138,20 @@ def dcgan_generator(z_dim: int, a: DCGANArch, channels: int = 1, **virtual):
     return keras.Model(z, layers.Activation("tanh", dtype="float32")(x), name="generator")
 
 
-def dcgan_discriminator(a: DCGANArch, channels: int = 1, pack: int = 1):
+def dcgan_discriminator(a: DCGANArch, channels: int = 1, pack: int = 1, condition: str = "none"):
     """Seed 001: LeakyReLU-Conv2D blocks (filters 32/64/128/256, kernel 5, strides
     2/2/2/1), Flatten, Dense(1): 1,080,577 parameters on 28x28x1."""
-    import keras
     from keras import layers
 
-    from pipeline.layers import image_input
+    from pipeline.layers import critic_head, image_input
 
-    img, x = image_input(channels, pack)
+    d = image_input(channels, pack, condition)
+    x = d.x
     for filters, strides in zip(a.d_filters, a.d_strides):
         x = layers.LeakyReLU(a.leaky_slope)(x)
         x = layers.Conv2D(filters, a.kernel_size, strides=strides, padding="same")(x)
     x = layers.Flatten()(x)
-    return keras.Model(img, layers.Dense(1, dtype="float32")(x), name="discriminator")
+    return critic_head(d, x)
 
 
 # --- dcgan_upsample: seeds 000/002 (Foster) ----------------------------------------
@@ -187,7 +187,7 @@ def _activation(name: str):
     return layers.LeakyReLU(0.2) if name == "leaky_relu" else layers.Activation(name)
 
 
-def upsample_generator(z_dim: int, a: DCGANUpsampleArch, channels: int = 1, **virtual):
+def upsample_generator(z_dim: int, a: DCGANUpsampleArch, channels: int = 1, **code):
     """Seeds 000/002 (Foster): Dense(7*7*64), BatchNorm, ReLU, Reshape(7,7,64), then per
     layer UpSampling2D (factor 2) + Conv2D, or one Conv2DTranspose with that stride
     (`upscale: transpose`, seed 002's comparison); BatchNorm + ReLU between, tanh last."""
@@ -197,7 +197,7 @@ def upsample_generator(z_dim: int, a: DCGANUpsampleArch, channels: int = 1, **vi
     from pipeline.layers import latent
 
     init = keras.initializers.RandomNormal(stddev=a.init_stddev)
-    z, x = latent(z_dim, **virtual)
+    z, x = latent(z_dim, **code)
     x = layers.Dense(int(np.prod(a.g_dense_shape)), kernel_initializer=init)(x)
     x = layers.BatchNormalization(momentum=a.g_bn_momentum)(x)
     x = _activation(a.activation)(x)
@@ -218,16 +218,17 @@ def upsample_generator(z_dim: int, a: DCGANUpsampleArch, channels: int = 1, **vi
     return keras.Model(z, layers.Activation("tanh", dtype="float32")(x), name="generator")
 
 
-def upsample_discriminator(a: DCGANUpsampleArch, channels: int = 1, pack: int = 1):
+def upsample_discriminator(a: DCGANUpsampleArch, channels: int = 1, pack: int = 1, condition: str = "none"):
     """Seeds 000/002: Conv2D (filters 64/64/128/128, kernel 5, strides 2/2/2/1), optional
     BatchNorm after the first, activation, Dropout(0.4); Flatten, Dense(1)."""
     import keras
     from keras import layers
 
-    from pipeline.layers import image_input
+    from pipeline.layers import critic_head, image_input
 
     init = keras.initializers.RandomNormal(stddev=a.init_stddev)
-    img, x = image_input(channels, pack)
+    d = image_input(channels, pack, condition)
+    x = d.x
     for i, (filters, strides) in enumerate(zip(a.d_filters, a.d_strides)):
         x = layers.Conv2D(filters, a.kernel_size, strides=strides, padding="same", kernel_initializer=init,
                           name=f"discriminator_conv_{i}")(x)
@@ -237,7 +238,7 @@ def upsample_discriminator(a: DCGANUpsampleArch, channels: int = 1, pack: int = 
         if a.d_dropout:
             x = layers.Dropout(a.d_dropout)(x)
     x = layers.Flatten()(x)
-    return keras.Model(img, layers.Dense(1, kernel_initializer=init, dtype="float32")(x), name="discriminator")
+    return critic_head(d, x, kernel_initializer=init)
 
 
 # --- dcgan_paper: VEEGAN's and PacGAN's Stacked MNIST DCGAN -------------------------
@@ -254,7 +255,7 @@ class DCGANPaperArch(ArchParams):
     leaky_slope: Rate
 
 
-def paper_generator(z_dim: int, a: DCGANPaperArch, channels: int = 1, **virtual):
+def paper_generator(z_dim: int, a: DCGANPaperArch, channels: int = 1, **code):
     """2x2 -> 4x4 -> 7x7 -> 14x14 -> 28x28, as TensorFlow's conv2d_transpose with an
     output shape of 7 computes it from 4 (Keras' 8, less its first row and column)."""
     import keras
@@ -263,7 +264,7 @@ def paper_generator(z_dim: int, a: DCGANPaperArch, channels: int = 1, **virtual)
     from pipeline.layers import latent
 
     init = keras.initializers.RandomNormal(stddev=0.02)
-    z, x = latent(z_dim, **virtual)
+    z, x = latent(z_dim, **code)
     x = layers.Reshape((2, 2, 8 * a.gf))(layers.Dense(2 * 2 * 8 * a.gf)(x))
     for i, filters in enumerate((4 * a.gf, 2 * a.gf, a.gf, channels)):
         x = layers.ReLU()(layers.BatchNormalization(momentum=a.bn_momentum, epsilon=1e-5)(x))
@@ -273,30 +274,45 @@ def paper_generator(z_dim: int, a: DCGANPaperArch, channels: int = 1, **virtual)
     return keras.Model(z, layers.Activation("tanh", dtype="float32")(x), name="generator")
 
 
-def paper_discriminator(a: DCGANPaperArch, channels: int = 1, pack: int = 1):
+def paper_discriminator(a: DCGANPaperArch, channels: int = 1, pack: int = 1, condition: str = "none"):
     """Conv2D (df, 2df, 4df, 8df; kernel 5, stride 2), BatchNorm after the first,
     LeakyReLU; Flatten, Dense(1)."""
     import keras
     from keras import layers
 
-    from pipeline.layers import image_input
+    from pipeline.layers import critic_head, image_input
 
     init = keras.initializers.RandomNormal(stddev=0.02)
-    img, x = image_input(channels, pack)
+    d = image_input(channels, pack, condition)
+    x = d.x
     for i, filters in enumerate((a.df, 2 * a.df, 4 * a.df, 8 * a.df)):
         x = layers.Conv2D(filters, a.kernel_size, strides=2, padding="same", kernel_initializer=init)(x)
         if i:
             x = layers.BatchNormalization(momentum=a.bn_momentum, epsilon=1e-5)(x)
         x = layers.LeakyReLU(a.leaky_slope)(x)
     x = layers.Flatten()(x)
-    return keras.Model(img, layers.Dense(1, dtype="float32")(x), name="discriminator")
+    return critic_head(d, x)
+
+
+# How every arch's networks take the digit it draws or judges (`train.condition`):
+# - none: it does not (a generator of z alone);
+# - concat: G reads z with the digit's one-hot appended (Mirza and Osindero 2014); D reads
+#   the image with a learned 28x28 plane of the digit as one more channel (keras-io's
+#   conditional GAN gives D ten constant planes; one learned plane is the same
+#   information at a tenth of the width);
+# - projection: G as concat; D adds <embed(digit), features> to its logit (Miyato and
+#   Koyama 2018).
+# Under train.pack, D judges m (image, digit) pairs at once: each image packs with its own
+# plane (concat), or the m digits' joint embedding projects the pack's features.
+CONDITIONS = ("none", "concat", "projection")
+DIGITS = 10  # the classes a conditional network takes: the digits 0-9
 
 
 @dataclass(frozen=True)
 class Arch:
     params: type[ArchParams]     # its `train.<name>` section
-    generator: Callable          # (z_dim, params, channels, virtual_labels=, virtual_scale=) -> keras.Model
-    discriminator: Callable      # (params, channels, pack) -> keras.Model
+    generator: Callable          # (z_dim, params, channels, **layers.latent's codes) -> keras.Model
+    discriminator: Callable      # (params, channels, pack, condition) -> keras.Model
     origin: str                  # where it comes from (the docs list it)
 
 

@@ -91,9 +91,10 @@ class SampleGrid(keras.callbacks.Callback):
     samples come from the generator as it would be saved at that step: the
     weight average with standing BatchNorm statistics (over fewer draws)."""
 
-    def __init__(self, z: np.ndarray, every: int, out_dir: str | Path, run):
+    def __init__(self, z: np.ndarray, every: int, out_dir: str | Path, run, digits: np.ndarray | None = None):
         super().__init__()
         self.z, self.every, self.out_dir, self.run = z, every, Path(out_dir), run
+        self.digits = digits  # a conditional generator's digit beside each z
         self.last = -1
 
     def on_train_batch_end(self, batch, logs=None):
@@ -110,11 +111,12 @@ class SampleGrid(keras.callbacks.Callback):
         from pipeline.metrics import mean_pairwise_l1
 
         from pipeline.gan import float32_copy, standing_statistics
+        from pipeline.models import generate
 
         # Fewer draws than the saved model's: a grid is a glance, and it is drawn often.
         sampler = standing_statistics(float32_copy(self.model.sampler), self.model.noise_seed,
                                       samples=GRID_STANDING_SAMPLES)
-        pixels = images.to_uint8(sampler(self.z, training=False).numpy())
+        pixels = images.to_uint8(generate(sampler, self.z, self.digits))
         path = self.out_dir / f"step_{step:06d}.png"
         images.save_png(images.grid(pixels[:16], cols=4), path, scale=2)
         _log_metrics(self.run, [("sample_pairwise_l1", mean_pairwise_l1(pixels), step)])

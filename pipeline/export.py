@@ -6,12 +6,13 @@ whether it becomes the champion.
         --data-report reports/data.json --training-run reports/train/run.json \
         --run-file reports/mlflow_run.json --out export
 
-Writes `<out>/generator/` (keras Model.export() SavedModel, `serve`: float32
-z (n, z_dim) -> (n, 28, 28, 1) in [-1, 1]) and `<out>/model_card.json`,
-registers the MLflow model (serving.contract.REGISTERED_MODEL) from the result's
-run, saves the SavedModel and card to the BentoML store (contract.store), and
-moves the registry alias `champion` to this version only when `decide` says
-so (docs/experiments.md#promotion): it passes the gate and beats the champion on the
+Writes `<out>/generator/` (a SavedModel whose `serve` takes float32 z (n, z_dim),
+and int32 digits (n,) for a conditional generator, and returns (n, 28, 28, c) in
+[-1, 1]) and `<out>/model_card.json`; registers the MLflow model of the
+generator's kind (contract.registered_model: digits, conditional or stacked, each
+with its own champion) from the result's run, saves the SavedModel and card to
+the BentoML store (contract.store), and moves that model's alias `champion` to
+this version only when `decide` says so (docs/experiments.md#promotion): it passes the gate and beats the champion on the
 ranking, under the same evaluation protocol. The comparison is recorded in the
 run (`promotion.json`, `promotion.*` tags) and on the version.
 """
@@ -86,12 +87,9 @@ def _beats(challenger: dict, champion: dict) -> tuple[bool, str]:
 
 def decide(challenger: dict, champion: dict | None) -> dict:
     """Whether `challenger` (its version, gate, protocol and RANKING metrics) takes
-    the alias from `champion` (the same keys, or None): a pure function."""
+    the alias from `champion` (the same keys, or None): a pure function. Both are of
+    one kind (contract.KINDS): each kind has its own registered model and champion."""
     before = champion["version"] if champion else None
-    if challenger.get("channels", 1) != 1:
-        return {"promote": False, "champion_before": before,
-                "reason": f"draws {challenger['channels']}-channel images (prepare.dataset: stacked); the "
-                          "service draws digits, so this version is registered but never the champion"}
     if not challenger["quality_gate_passed"]:
         return {"promote": False, "champion_before": before,
                 "reason": "did not pass the quality gate: " + "; ".join(challenger.get("reasons") or [])}
@@ -108,6 +106,14 @@ def decide(challenger: dict, champion: dict | None) -> dict:
                 "reason": f"champion v{before} has no {', '.join(missing)} recorded"}
     wins, how = _beats(challenger, champion)
     return {"promote": wins, "champion_before": before, "reason": how}
+
+
+def pyfunc_example(card: dict):
+    """The logged pyfunc's input example: one z of zeros (and digit 0, conditional)."""
+    import numpy as np
+
+    z = np.zeros((1, card["z_dim"]), np.float32)
+    return {"z": z, "digit": np.zeros(1, np.int32)} if card["conditional"] else z
 
 
 def export_saved_model(generator, target: Path) -> None:
@@ -159,25 +165,23 @@ def main(argv: list[str] | None = None) -> None:
     card = model_card(generator, run, metrics, data_report, train_params, verdict, protocol)
     out = Path(args.out)
 
+    registered = contract.registered_model(card["kind"])
     with tracking.reopen(run) as active:
-        import numpy as np
-
         export_saved_model(generator, out / "generator")
         version = active.log_pyfunc_model(
             name="generator",
             python_model=str(PYFUNC_CODE),
             artifacts={contract.SAVED_MODEL: str(out / "generator")},
-            input_example=np.zeros((1, card["z_dim"]), np.float32),
+            input_example=pyfunc_example(card),
             pip_requirements=str(contract.REQUIREMENTS),
-            registered_model_name=contract.REGISTERED_MODEL,
+            registered_model_name=registered,
         )
-        card["registered_model"] = {"name": contract.REGISTERED_MODEL, "version": version}
+        card["registered_model"] = {"name": registered, "version": version}
         challenger = {"version": version, "quality_gate_passed": verdict.get("quality_gate_passed") is True,
                       "reasons": verdict.get("reasons"), "eval_protocol": protocol["id"],
-                      "channels": int(generator.output_shape[-1]),
                       **{k: metrics[k] for k, _ in RANKING}}
         with tracking.registry_lock():
-            current = tracking.champion()
+            current = tracking.champion(registered)
             champ = None if current is None else {"version": current["version"], **current["tags"]}
             decision = decide(challenger, champ)
             card["promotion"] = decision
@@ -185,16 +189,16 @@ def main(argv: list[str] | None = None) -> None:
             tag = contract.store(out / "generator", card)
             tracking.tag_version(version, {"bentoml_tag": tag, "quality_gate_passed": challenger["quality_gate_passed"],
                                            "eval_protocol": protocol["id"], "promotion": decision["reason"],
-                                           **{k: metrics[k] for k, _ in RANKING}})
+                                           **{k: metrics[k] for k, _ in RANKING}}, registered)
             if decision["promote"]:
-                tracking.set_champion(version)
+                tracking.set_champion(version, registered)
         active.set_tags({"bentoml_tag": tag, "registered_model_version": version,
                          "promotion.promoted": decision["promote"], "promotion.reason": decision["reason"],
                          "promotion.champion_before": decision["champion_before"]})
         active.log_dict(card, contract.CARD)
         active.log_dict({"challenger": challenger, "champion": champ, **decision}, "promotion.json")
     verb = "now champion" if decision["promote"] else "champion unchanged"
-    print(f"export: {out / 'generator'}; bentoml {tag}; mlflow {contract.REGISTERED_MODEL} v{version} "
+    print(f"export: {out / 'generator'}; bentoml {tag}; mlflow {registered} v{version} "
           f"({verb}: {decision['reason']})")
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import losses
+from pipeline.archs import DIGITS
+from pipeline.models import digit_input, inputs_for, z_dim_of
 
 
 # The stateless noise's seeds: each step owns NOISE_STRIDE consecutive seeds, one per
@@ -53,6 +55,8 @@ class GAN(keras.Model):
             self.ema_generator.set_weights(generator.get_weights())
             self.ema_generator.trainable = False
         self.discriminator = discriminator
+        # A conditional G takes (z, digit) and D judges (image, digit) pairs (train.condition).
+        self.conditional = len(generator.inputs) == 2
         self.z_dim = z_dim
         self.noise_seed = seed
         self.gan_loss = losses.REGISTRY[loss]
@@ -79,8 +83,8 @@ class GAN(keras.Model):
         """The generator that samples: the moving average where there is one."""
         return self.ema_generator or self.generator
 
-    def call(self, z, training=False):
-        return self.sampler(z, training=False)
+    def call(self, inputs, training=False):
+        return self.sampler(inputs, training=False)
 
     def _update_ema(self):
         # Warm-up as tf.train.ExponentialMovingAverage's num_updates: the average
@@ -104,8 +108,34 @@ class GAN(keras.Model):
     def _z(self, n, purpose: int):
         return self._share(lambda rows, seed: tf.random.stateless_normal((rows, self.z_dim), seed=seed), n, purpose)
 
-    def train_step(self, real):
-        # real is (batch, n_critic, 28, 28, 1): column i feeds critic update i.
+    def _digits(self, n, purpose: int):
+        """The digits G is asked for beside the z of the same purpose: class-balanced (a
+        seeded permutation of 0, 1, ..., 9, 0, 1, ... over the global batch) and keyed on
+        (seed, step) as z is, from a stream folded off z's seed."""
+        def draw(rows, seed):
+            order = tf.argsort(tf.random.stateless_uniform((rows,), seed=tf.random.experimental.stateless_fold_in(
+                seed, 1)))
+            return tf.cast(order % DIGITS, tf.int32)
+        return self._share(draw, n, purpose)
+
+    def _fake(self, n, purpose: int):
+        """n generated images and the digits they were asked for (None: unconditional)."""
+        z = self._z(n, purpose)
+        if not self.conditional:
+            return self.generator(z, training=True), None
+        digits = self._digits(n, purpose)
+        return self.generator([z, digits], training=True), digits
+
+    def _critic(self, digits):
+        """D as a function of the images alone, judging them with `digits` when conditional."""
+        if digits is None:
+            return self.discriminator
+        return lambda x, training=True: self.discriminator([x, digits], training=training)
+
+    def train_step(self, data):
+        # real is (batch, n_critic, 28, 28, c): column i feeds critic update i; a conditional
+        # GAN also gets the real images' digits (batch, n_critic).
+        real, real_digits = data if self.conditional else (data, None)
         batch = tf.shape(real)[0]
         # Replicas' gradients are summed, so each differentiates its loss over the
         # replica count (as keras does for compiled losses); 1 outside a strategy.
@@ -113,23 +143,26 @@ class GAN(keras.Model):
         d_vars, g_vars = self.discriminator.trainable_weights, self.generator.trainable_weights
         for i in range(self.n_critic):
             x = real[:, i]
+            x_digits = None if real_digits is None else real_digits[:, i]
             with tf.GradientTape() as tape:
-                fake = self.generator(self._z(batch, critic_z(i)), training=True)
+                fake, fake_digits = self._fake(batch, critic_z(i))
                 if self.d_joint:
-                    both = self.discriminator(tf.concat([x, fake], 0), training=True)
+                    both_digits = None if x_digits is None else tf.concat([x_digits, fake_digits], 0)
+                    both = self._critic(both_digits)(tf.concat([x, fake], 0), training=True)
                     half = tf.shape(both)[0] // 2  # batch, or batch / train.pack packs
                     real_out, fake_out = both[:half], both[half:]
                 else:
-                    real_out = self.discriminator(x, training=True)
-                    fake_out = self.discriminator(fake, training=True)
+                    real_out = self._critic(x_digits)(x, training=True)
+                    fake_out = self._critic(fake_digits)(fake, training=True)
                 d_loss = self.gan_loss.d(real_out, fake_out)
                 if self.gp_weight:
                     alpha = self._share(lambda rows, seed: tf.random.stateless_uniform((rows, 1, 1, 1), seed=seed),
                                         batch, critic_alpha(i))
-                    penalty = losses.gradient_penalty(self.discriminator, x, fake, alpha)
+                    # Between a real image and a generated one, judged as the real one's digit.
+                    penalty = losses.gradient_penalty(self._critic(x_digits), x, fake, alpha)
                     d_loss += self.gp_weight * penalty
                 if self.r1_weight:
-                    d_loss += 0.5 * self.r1_weight * losses.r1_penalty(self.discriminator, x)
+                    d_loss += 0.5 * self.r1_weight * losses.r1_penalty(self._critic(x_digits), x)
                 scaled = d_loss * scale
             d_grads = tape.gradient(scaled, d_vars)
             self.d_optimizer.apply_gradients(zip(d_grads, d_vars))
@@ -138,7 +171,8 @@ class GAN(keras.Model):
                     v.assign(tf.clip_by_value(v, -self.clip, self.clip))
 
         with tf.GradientTape() as tape:
-            fake_out_g = self.discriminator(self.generator(self._z(batch, GENERATOR_Z), training=True), training=True)
+            fake_g, fake_g_digits = self._fake(batch, GENERATOR_Z)
+            fake_out_g = self._critic(fake_g_digits)(fake_g, training=True)
             g_loss = self.gan_loss.g(fake_out_g)
             scaled = g_loss * scale
         g_grads = tape.gradient(scaled, g_vars)
@@ -204,11 +238,13 @@ def standing_statistics(generator: keras.Model, seed: int, samples: int = 4096, 
     for layer in norms:  # a frozen BatchNormalization layer keeps its statistics even in training mode
         layer.trainable = True
     rng = np.random.default_rng(seed)
-    z_dim = generator.input_shape[-1]
+    z_dim = z_dim_of(generator)
+    # A conditional generator's statistics over every digit alike, as the samples ask for them.
+    digits = np.arange(batch, dtype=np.int32) % DIGITS if digit_input(generator) is not None else None
     for k in range(max(1, samples // batch)):
         for layer in norms:  # a cumulative mean: batch k weighs 1/(k+1)
             layer.momentum = k / (k + 1.0)
-        settled(rng.standard_normal((batch, z_dim)).astype(np.float32), training=True)
+        settled(inputs_for(generator, rng.standard_normal((batch, z_dim)).astype(np.float32), digits), training=True)
     for layer, m in zip(norms, momenta):
         layer.momentum = m
     settled.trainable = False

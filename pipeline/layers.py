@@ -3,8 +3,12 @@ starts from. Registered as serializable, so a saved generator loads wherever
 this module has been imported (models.load_generator does)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 from keras import layers, ops
+
+from pipeline.archs import DIGITS
 
 
 @keras.saving.register_keras_serializable(package="mnist_gan")
@@ -53,15 +57,113 @@ class VirtualLabel(layers.Layer):
         return {**super().get_config(), "k": self.k, "scale": self.scale}
 
 
-def image_input(channels: int = 1, pack: int = 1):
-    """A discriminator's input (n, 28, 28, channels) and what its first layer reads: the
-    images, or packs of `pack` of them (train.pack)."""
+
+
+@keras.saving.register_keras_serializable(package="mnist_gan")
+class DigitCode(layers.Layer):
+    """[z, digit] -> [z, scale * one_hot(digit)]: what a conditional generator reads."""
+
+    def __init__(self, scale: float = 1.0, **kw):
+        super().__init__(**kw)
+        self.scale = scale
+
+    def call(self, inputs):
+        z, digit = inputs
+        return ops.concatenate([z, ops.one_hot(ops.cast(digit, "int32"), DIGITS, dtype=z.dtype) * self.scale], -1)
+
+    def compute_output_shape(self, input_shape):
+        z_shape, _ = input_shape
+        return (*z_shape[:-1], z_shape[-1] + DIGITS)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="mnist_gan")
+class DigitPlane(layers.Layer):
+    """[images (n, h, w, c), digit (n,)] -> (n, h, w, c + 1): a learned plane per digit
+    appended as a channel (concat conditioning in D)."""
+
+    def build(self, input_shape):
+        (_, h, w, _), _ = input_shape
+        self.planes = self.add_weight(shape=(DIGITS, h, w, 1), initializer="random_normal", name="planes")
+
+    def call(self, inputs):
+        x, digit = inputs
+        plane = ops.take(ops.cast(self.planes, x.dtype), ops.cast(digit, "int32"), axis=0)
+        return ops.concatenate([x, plane], -1)
+
+    def compute_output_shape(self, input_shape):
+        (n, h, w, c), _ = input_shape
+        return (n, h, w, c + 1)
+
+
+@keras.saving.register_keras_serializable(package="mnist_gan")
+class Projection(layers.Layer):
+    """[features (n / m, f), digit (n,)] -> (n / m, 1): <embed(digits of the pack), features>,
+    the projection discriminator's class term; one embedding row per (position, digit)
+    of a pack of m (m = 1: Miyato and Koyama's embedding)."""
+
+    def __init__(self, m: int = 1, **kw):
+        super().__init__(**kw)
+        self.m = m
+
+    def build(self, input_shape):
+        (_, f), _ = input_shape
+        self.embedding = self.add_weight(shape=(self.m * DIGITS, f), initializer="glorot_uniform", name="embedding")
+
+    def call(self, inputs):
+        features, digit = inputs
+        codes = ops.reshape(ops.one_hot(ops.cast(digit, "int32"), DIGITS, dtype=features.dtype), (-1, self.m * DIGITS))
+        embedded = ops.matmul(codes, ops.cast(self.embedding, features.dtype))
+        return ops.sum(embedded * features, axis=-1, keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        (n, _), _ = input_shape
+        return (n, 1)
+
+    def get_config(self):
+        return {**super().get_config(), "m": self.m}
+
+
+class CriticInput(NamedTuple):
+    """A discriminator's Keras inputs (the image, or [image, digit]), what its first layer
+    reads, and what its head needs to finish it (critic_head)."""
+    inputs: object
+    x: object
+    digit: object
+    condition: str
+    pack: int
+
+
+def image_input(channels: int = 1, pack: int = 1, condition: str = "none") -> CriticInput:
+    """A discriminator's input (n, 28, 28, channels), with its digit (n,) when conditional,
+    and what its first layer reads: the images, with their digit planes under concat,
+    or packs of `pack` of them (train.pack)."""
     img = keras.Input((28, 28, channels), name="image")
-    return img, (Pack(pack)(img) if pack > 1 else img)
+    digit = keras.Input((), dtype="int32", name="digit") if condition != "none" else None
+    x = DigitPlane()([img, digit]) if condition == "concat" else img
+    x = Pack(pack)(x) if pack > 1 else x
+    return CriticInput(img if digit is None else [img, digit], x, digit, condition, pack)
 
 
-def latent(z_dim: int, virtual_labels: int = 0, virtual_scale: float = 1.0):
-    """The generator's input z and what its first layer reads: z, or z with its
-    virtual label (`train.virtual_labels`)."""
+def critic_head(d: CriticInput, features, **dense) -> keras.Model:
+    """The discriminator from its flat features: a float32 logit, plus the projection
+    term under `condition: projection`. `dense`: the logit layer's initializers."""
+    logit = layers.Dense(1, dtype="float32", **dense)(features)
+    if d.condition == "projection":
+        logit = layers.Add(dtype="float32")([logit, Projection(d.pack, dtype="float32")([features, d.digit])])
+    return keras.Model(d.inputs, logit, name="discriminator")
+
+
+def latent(z_dim: int, virtual_labels: int = 0, virtual_scale: float = 1.0, condition: str = "none",
+           condition_scale: float = 1.0):
+    """The generator's inputs (z, or [z, digit] when conditional) and what its first
+    layer reads: z, with its virtual label (`train.virtual_labels`) and its digit's
+    one-hot (`train.condition`) appended."""
     z = keras.Input((z_dim,), name="z")
-    return z, (VirtualLabel(virtual_labels, virtual_scale)(z) if virtual_labels else z)
+    x = VirtualLabel(virtual_labels, virtual_scale)(z) if virtual_labels else z
+    if condition == "none":
+        return z, x
+    digit = keras.Input((), dtype="int32", name="digit")
+    return [z, digit], DigitCode(condition_scale)([x, digit])

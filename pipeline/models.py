@@ -22,13 +22,15 @@ CHANNELS = (1, 3)  # grayscale digits, or Stacked MNIST's three
 def build_generator(p, channels: int = 1) -> keras.Model:
     """The generator of `train.arch` (p: params.TrainParams), drawing images of `channels` (the data's)."""
     return archs.REGISTRY[p.arch].generator(p.z_dim, p.arch_params, channels=channels,
-                                            virtual_labels=p.virtual_labels, virtual_scale=p.virtual_scale)
+                                            virtual_labels=p.virtual_labels, virtual_scale=p.virtual_scale,
+                                            condition=p.condition, condition_scale=p.condition_scale)
 
 
 def build_discriminator(p, channels: int = 1) -> keras.Model:
     """The discriminator of `train.d_arch` (default: the generator's arch), with its params,
-    judging packs of `train.pack` images of `channels`."""
-    return archs.REGISTRY[p.d_arch_name].discriminator(getattr(p, p.d_arch_name), channels=channels, pack=p.pack)
+    judging packs of `train.pack` images of `channels`, with their digits under `train.condition`."""
+    return archs.REGISTRY[p.d_arch_name].discriminator(getattr(p, p.d_arch_name), channels=channels, pack=p.pack,
+                                                       condition=p.condition)
 
 
 def digit_input(model: keras.Model) -> int | None:
@@ -45,23 +47,24 @@ def z_dim_of(model: keras.Model) -> int:
     return int(next(t.shape[-1] for t in model.inputs if len(t.shape) == 2))
 
 
+def inputs_for(model: keras.Model, z, digits=None):
+    """What to call `model` with: z, or z and the digits in the order of its inputs."""
+    at = digit_input(model)
+    if (at is None) != (digits is None):
+        raise ValueError("digits: a conditional generator needs one digit per z, another takes none")
+    return z if at is None else ([digits, z] if at == 0 else [z, digits])
+
+
 def generate(model: keras.Model, z, digits=None, batch: int = 512):
     """Images (n, 28, 28, c) from z (n, z_dim), and for a conditional generator one
     digit per row (n,), drawn in batches in inference mode."""
     import numpy as np
 
-    at = digit_input(model)
-    if (at is None) != (digits is None):
-        raise ValueError("digits: a conditional generator needs one digit per z, another takes none")
+    inputs_for(model, z, digits)  # checked before any batch runs
     out = []
     for i in range(0, len(z), batch):
-        zb = np.asarray(z[i:i + batch], np.float32)
-        if at is None:
-            args = zb
-        else:
-            db = np.asarray(digits[i:i + batch], np.int32)
-            args = [db, zb] if at == 0 else [zb, db]
-        out.append(np.asarray(model(args, training=False)))
+        db = None if digits is None else np.asarray(digits[i:i + batch], np.int32)
+        out.append(np.asarray(model(inputs_for(model, np.asarray(z[i:i + batch], np.float32), db), training=False)))
     return np.concatenate(out)
 
 

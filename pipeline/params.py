@@ -21,6 +21,7 @@ from pipeline.errors import StageError
 Digit = Annotated[int, Field(ge=0, le=9)]
 ArchName = Literal[archs.NAMES]
 LossName = Literal[losses.NAMES]
+Condition = Literal[archs.CONDITIONS]
 
 
 class PrepareParams(Section):
@@ -92,6 +93,9 @@ class _Train(Section):
     # PacGAN's packing (Lin et al. 2018): D judges m images at once, concatenated along
     # the channels, real with real and generated with generated (1: none); any loss.
     pack: int = Field(ge=1, le=16)
+    # Whether G draws, and D judges, a requested digit, and how (archs.CONDITIONS).
+    condition: Condition
+    condition_scale: float = Field(gt=0, le=100)  # the digit's one-hot in G's input is times this
     losses: LossesParams
 
     @property

@@ -424,24 +424,25 @@ def registry_lock() -> Iterator[None]:
         yield
 
 
-def tag_version(version: str, tags: dict) -> None:
+def tag_version(version: str, tags: dict, name: str = REGISTERED_MODEL) -> None:
+    """Tags on version `version` of registered model `name` (a kind's, contract.registered_model)."""
     for k, v in tags.items():
-        client().set_model_version_tag(REGISTERED_MODEL, version, k, str(v))
+        client().set_model_version_tag(name, version, k, str(v))
 
 
-def champion() -> dict | None:
-    """The champion's version number and tags, or None when there is none."""
+def champion(name: str = REGISTERED_MODEL) -> dict | None:
+    """The champion of registered model `name`: its version number and tags, or None when there is none."""
     from mlflow.exceptions import MlflowException
 
     try:
-        mv = client().get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+        mv = client().get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
     return {"version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags)}
 
 
-def set_champion(version: str) -> None:
-    client().set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+def set_champion(version: str, name: str = REGISTERED_MODEL) -> None:
+    client().set_registered_model_alias(name, CHAMPION, version)
 
 
 # Reading runs back (the comparison report) -----------------------------------------------------

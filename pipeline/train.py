@@ -22,17 +22,19 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import atomic, data, distribution, images, params, tracking
-from pipeline.archs import OptimizerParams
+from pipeline.archs import DIGITS, OptimizerParams
 from pipeline.errors import StageError, run_stage
 
 FIXED_Z = 64  # samples in the collapse watch; the grid shows the first 16
 
 
-def dataset(x: np.ndarray, batch_size: int, seed: int, skip_batches: int = 0, n_critic: int = 1):
+def dataset(x: np.ndarray, batch_size: int, seed: int, skip_batches: int = 0, n_critic: int = 1,
+            y: np.ndarray | None = None):
     """Shuffled, repeated, prefetched images in [-1, 1], in steps of shape
     (batch_size, n_critic, 28, 28, channels): column i is the i-th of n_critic
     consecutive batches, for critic update i. `skip_batches` replays the order
-    of a run that already consumed that many steps.
+    of a run that already consumed that many steps. With labels `y`, each step is
+    (images, their labels (batch_size, n_critic) int32), for a conditional GAN.
 
     Each epoch's order is a stateless shuffle keyed on (seed, epoch), so it is
     the same however often, and by whom, the dataset was iterated before
@@ -58,8 +60,15 @@ def dataset(x: np.ndarray, batch_size: int, seed: int, skip_batches: int = 0, n_
     ds = tf.data.Dataset.counter().map(epoch_order).unbatch().batch(n, drop_remainder=True)
     if skip_batches:
         ds = ds.skip(skip_batches)
-    ds = ds.map(lambda rows: tf.transpose(tf.reshape(tf.gather(pixels, rows), (n_critic, batch_size, 28, 28, channels)),
-                                          (1, 0, 2, 3, 4)))
+    def step(rows):
+        images_ = tf.transpose(tf.reshape(tf.gather(pixels, rows), (n_critic, batch_size, 28, 28, channels)),
+                               (1, 0, 2, 3, 4))
+        if labels is None:
+            return images_
+        return images_, tf.transpose(tf.reshape(tf.gather(labels, rows), (n_critic, batch_size)))
+
+    labels = None if y is None else tf.constant(np.asarray(y, np.int32))
+    ds = ds.map(step)
     # Nothing here to tune, and with autotuning on, an iterator's teardown waits for
     # the tuner's next wake-up.
     options = tf.data.Options()
@@ -108,11 +117,26 @@ def fixed_z(p: params.TrainParams, n: int = FIXED_Z) -> np.ndarray:
     return np.random.default_rng(p.seed).standard_normal((n, p.z_dim)).astype(np.float32)
 
 
-def fit(gan, p: params.TrainParams, x: np.ndarray, *, samples: Path | None = None, state=None, run=None,
-        start: int = 0, rows: list[dict] | None = None, logged_through: int = 0, verbose: int | None = None,
-        extra_callbacks=()):
-    """Train from step `start` to `p.steps`, sample grids into `samples` (None: no
-    grids); returns the history callback. `state` (a checkpoint.TrainState) saves
+def fixed_digits(p: params.TrainParams, n: int = FIXED_Z) -> np.ndarray | None:
+    """The digits asked of a conditional generator beside fixed_z: 0-9 in turn (None: unconditional)."""
+    return None if p.condition == "none" else np.arange(n, dtype=np.int32) % DIGITS
+
+
+def labels_for(p: params.TrainParams, ds: data.Mnist) -> np.ndarray | None:
+    """The training labels a conditional GAN needs (None: unconditional); digits only."""
+    if p.condition == "none":
+        return None
+    if data.channels_of(ds) != 1:
+        raise StageError(f"train.condition: {p.condition} draws a requested digit, and prepare.dataset: stacked "
+                         "draws three; use train.condition: none with Stacked MNIST")
+    return ds.y_train
+
+
+def fit(gan, p: params.TrainParams, x: np.ndarray, *, y: np.ndarray | None = None, samples: Path | None = None,
+        state=None, run=None, start: int = 0, rows: list[dict] | None = None, logged_through: int = 0,
+        verbose: int | None = None, extra_callbacks=()):
+    """Train from step `start` to `p.steps` on images `x` (and their labels `y`, for a
+    conditional GAN), sample grids into `samples` (None: no grids); returns the history callback. `state` (a checkpoint.TrainState) saves
     checkpoints; `run` (a tracking.Run) gets the metrics and grids; `rows` and
     `logged_through` are a resumed run's history and the last step its run holds.
     Progress: Keras' bar on a terminal, else one line per checkpoint interval
@@ -130,7 +154,7 @@ def fit(gan, p: params.TrainParams, x: np.ndarray, *, samples: Path | None = Non
     history = cb.History(p.log_every, p.oscillation_window, run, rows, logged_through)
     cbs = [guard, history]
     if samples is not None:
-        cbs.append(cb.SampleGrid(fixed_z(p), p.sample_every, samples, run))
+        cbs.append(cb.SampleGrid(fixed_z(p), p.sample_every, samples, run, digits=fixed_digits(p)))
     if state is not None:
         cbs.append(cb.Checkpoint(state, p.checkpoint_every, history, guard))
     if verbose is None:
@@ -139,7 +163,7 @@ def fit(gan, p: params.TrainParams, x: np.ndarray, *, samples: Path | None = Non
             cbs.append(cb.ProgressLine(p.checkpoint_every, p.steps))
     cbs += list(extra_callbacks)
     if start < p.steps:
-        ds = dataset(x, p.batch_size, p.seed, skip_batches=start, n_critic=p.loss_params.n_critic)
+        ds = dataset(x, p.batch_size, p.seed, skip_batches=start, n_critic=p.loss_params.n_critic, y=y)
         # shuffle=False: the dataset shuffles itself (keras warns that it would ignore True).
         gan.fit(ds, epochs=1, steps_per_epoch=p.steps - start, callbacks=cbs, verbose=verbose, shuffle=False)
     if guard.bad_step is not None:
@@ -201,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         raise StageError(f"{args.data}: prepared data not found")
     prep = params.load("prepare", args.params)
     ds = data.training_set(data.load_prepared(args.data), prep)
+    y = labels_for(p, ds)
     reports, checkpoints = Path(args.reports), Path(args.checkpoints)
     precision = distribution.precision_for(p.precision)
     dataset_params = prep.dataset_flat()
@@ -209,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     where = f", {p.strategy} over {strategy.num_replicas_in_sync} devices" if p.strategy != "default" else ""
     if task is not None:
         where += f" of {task.describe()}"
-    print(f"train: {p.arch}/{p.loss} in {precision}{where}")
+    conditioned = f", conditioned on the digit ({p.condition})" if y is not None else ""
+    print(f"train: {p.arch}/{p.loss} in {precision}{where}{conditioned}")
     state = TrainState(checkpoints, gan, fingerprint({**p.model_dump(mode="json"), **dataset_params,
                                                      "precision": precision}, args.data),
                        chief=chief)
@@ -219,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         distribution.agree(strategy, start, state.fingerprint)
     if not chief:
         print(f"train: {task.kind} {task.index} " + (f"resuming from step {start}" if resumed else "starting"))
-        fit(gan, p, ds.x_train, state=state, start=start, rows=rows)
+        fit(gan, p, ds.x_train, y=y, state=state, start=start, rows=rows)
         print(f"train: {p.steps} steps of {p.arch}/{p.loss} as {task.kind} {task.index}; the chief saved the model")
         return
     tracking.abandon(state.abandoned_run_id, "Stopped before it finished; the next run had other params or "
@@ -237,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
             logged = 0
         # Grids live beside the checkpoints until the end, so a resumed run keeps
         # the ones drawn before it stopped (DVC clears the stage's outputs first).
-        history = fit(gan, p, ds.x_train, samples=checkpoints / "samples", state=state, run=run, start=start,
+        history = fit(gan, p, ds.x_train, y=y, samples=checkpoints / "samples", state=state, run=run, start=start,
                       rows=rows, logged_through=logged)
         history.to_csv(reports / "losses.csv")
         with atomic.atomic_dir(reports / "samples") as tmp:

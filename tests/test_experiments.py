@@ -141,7 +141,9 @@ def test_stacked_mnist_experiment_trains_three_channels_with_the_same_judge(repo
     assert m["modes_expected"] == 1000 and 1 <= m["modes_covered"] <= 64 and m["num_generated"] == 64
     card = json.loads((project / "export" / "model_card.json").read_text())
     assert card["output"]["shape"] == [None, 28, 28, 3]
-    assert not card["promotion"]["promote"] and "3-channel" in card["promotion"]["reason"]
+    # Its own registered model, where it is the first to pass or not; never a digits champion.
+    assert card["kind"] == "stacked" and card["registered_model"]["name"] == "mnist-gan-generator-stacked"
+    assert card["name"] == "mnist_gan_generator_stacked"
     training = client(env).get_run(run.data.tags["training_run_id"])
     assert training.data.params["prepare.dataset"] == "stacked" and training.data.params["train.n_images"] == "600"
     assert snapshot(env, baseline) == before

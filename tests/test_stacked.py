@@ -164,11 +164,14 @@ def test_a_packed_gan_trains_on_stacked_images(arch, loss):
     assert gan.sampler(np.zeros((2, 8), np.float32)).shape == (2, 28, 28, 3)
 
 
-def test_a_stacked_generator_is_registered_but_never_the_champion():
-    from pipeline.export import decide
+def test_each_kind_of_generator_has_its_own_registered_model_and_bento_name():
+    from serving import contract
 
-    challenger = {"version": "3", "quality_gate_passed": True, "reasons": [], "eval_protocol": "p",
-                  "fcd": 1.0, "classifier_score_ratio": 1.0, "channels": 3}
-    d = decide(challenger, None)
-    assert not d["promote"] and "3-channel" in d["reason"]
-    assert decide({**challenger, "channels": 1}, None)["promote"]
+    names = [contract.registered_model(kind) for kind in contract.KINDS]
+    bentos = [contract.bento_model(kind) for kind in contract.KINDS]
+    assert len(set(names)) == len(set(bentos)) == len(contract.KINDS)
+    assert contract.registered_model("digits") == contract.REGISTERED_MODEL
+    assert contract.kind_of({"output": {"shape": [None, 28, 28, 3]}}) == "stacked"  # a card from before kinds
+    assert contract.kind_of({"output": {"shape": [None, 28, 28, 1]}}) == "digits"
+    with pytest.raises(ValueError, match="allowed values: digits, conditional, stacked"):
+        contract.registered_model("rgb")
