@@ -12,6 +12,9 @@ DOCS_PORT ?= 8000
 export NO_MKDOCS_2_WARNING ?= 1
 # What `make serve` and `make bento` take: champion (the registry's alias), latest, or a BentoML tag.
 MODEL ?= champion
+# The kind of generator champion and latest are of: digits, conditional (draws the digit
+# asked for) or stacked; passed on as MNIST_GAN_KIND, which sets it too.
+KIND ?= $(or $(MNIST_GAN_KIND),digits)
 # The store every stage and `make ui` use (an absolute path, as the queue's copies need).
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 # make grid: an arch x loss x seed grid of queued experiments, JOBS at a time; ARCHS and
@@ -95,18 +98,18 @@ test: install-dev system-deps
 test-fast: install-dev
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow and not browser and not network"
 
-# Serves the champion unless MODEL names another (latest, or a BentoML tag); says in
-# one line what it serves and why, or why there is nothing to serve.
+# Serves the champion of KIND unless MODEL names another (latest, or a BentoML tag); says
+# in one line what it serves and why, or why there is nothing to serve.
 serve: install
-	@$(BIN)/python -m serving.selection $(MODEL)
-	$(BIN)/bentoml serve serving.service:Generator --host $(HOST) --port $(PORT) --arg model=$(MODEL)
+	@MNIST_GAN_KIND=$(KIND) $(BIN)/python -m serving.selection $(MODEL)
+	MNIST_GAN_KIND=$(KIND) $(BIN)/bentoml serve serving.service:Generator --host $(HOST) --port $(PORT) --arg model=$(MODEL)
 
-# A Bento of the service and the latest stored generator; containerizing it
-# (`bentoml containerize <tag>`) needs a Docker engine.
+# A Bento of the service and the generator MODEL and KIND name, packed by its stored tag;
+# containerizing it (`bentoml containerize <tag>`) needs a Docker engine.
 .PHONY: bento
 bento: install
-	@$(BIN)/python -m serving.selection $(MODEL)
-	$(BIN)/bentoml build -f serving/bentofile.yaml --arg model=$$($(BIN)/python -m serving.selection --tag $(MODEL)) .
+	@MNIST_GAN_KIND=$(KIND) $(BIN)/python -m serving.selection $(MODEL)
+	$(BIN)/bentoml build -f serving/bentofile.yaml --arg model=$$(MNIST_GAN_KIND=$(KIND) $(BIN)/python -m serving.selection --tag $(MODEL)) .
 
 # The runs page of the experiment (MLflow 3 otherwise opens on its GenAI pages).
 ui: install

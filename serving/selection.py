@@ -6,39 +6,54 @@ prints the choice in one line (what `make serve` does first), or why there is
 none, with exit status 1; `--tag` prints only the stored tag it resolves to
 (what `make bento` packs).
 
+`champion` and `latest` are of the kind `MNIST_GAN_KIND` names (`make serve
+KIND=`; contract.KINDS, default digits): each kind has its own BentoML model
+and registered model, so its own champion.
+
 - `champion` (the default): the version the MLflow registry's alias
-  `champion` names, found through `MLFLOW_TRACKING_URI` (default: the
-  project's `mlflow.db`, contract.tracking_uri); the export stage tags each registered version
+  `champion` names on the kind's registered model (contract.registered_model),
+  found through `MLFLOW_TRACKING_URI` (default: the project's `mlflow.db`,
+  contract.tracking_uri); the export stage tags each registered version
   with its BentoML tag and the reason for its promotion. A champion missing
   from this machine's BentoML store (exported on another machine, against a
   shared tracking server) is copied into it from the registry first, under
   the same tag.
-- `latest`: the newest export in the BentoML store, asked for by name.
-- anything else: a BentoML tag, `mnist_gan_generator:<version>`.
+- `latest`: the newest export of the kind in the BentoML store
+  (contract.bento_model), asked for by name.
+- anything else: a BentoML tag, `mnist_gan_generator:<version>`, served
+  whatever its kind (its model card says which).
 
-MLflow is imported only for `champion`; nothing here imports `pipeline/`.
+A kind that is not one of contract.KINDS is an error naming MNIST_GAN_KIND and
+the allowed values, whatever the selector. MLflow is imported only for
+`champion`; nothing here imports `pipeline/`.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from serving.contract import BENTO_MODEL, CHAMPION, REGISTERED_MODEL, tracking_uri
+from serving import contract
+from serving.contract import CHAMPION, tracking_uri
 
-HOW_TO = ("serve another explicitly: make serve MODEL=latest, or MODEL=<tag> "
-          "(bentoml models list); or bentoml serve ... --arg model=latest")
+
+def how_to(kind: str) -> str:
+    """How to serve another model than the one missing, for a kind."""
+    make_kind = "" if kind == "digits" else f"KIND={kind} "
+    return (f"serve another explicitly: make serve {make_kind}MODEL=latest, or MODEL=<tag> "
+            "(bentoml models list); or bentoml serve ... --arg model=latest")
 
 
 class NoChampion(Exception):
     """No version holds the alias, or no registry to ask."""
 
 
-def champion() -> tuple[str, dict]:
+def champion(kind: str = "digits") -> tuple[str, dict]:
+    name, how = contract.registered_model(kind), how_to(kind)
     uri = tracking_uri()
     db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
     # An empty file is no store either (opening it would create one: a read must not write).
     if db is not None and (not db.is_file() or db.stat().st_size == 0):
-        raise NoChampion(f"no champion: no MLflow store at {db} (MLFLOW_TRACKING_URI); {HOW_TO}")
+        raise NoChampion(f"no champion: no MLflow store at {db} (MLFLOW_TRACKING_URI); {how}")
     import logging
 
     from mlflow.exceptions import MlflowException
@@ -47,21 +62,21 @@ def champion() -> tuple[str, dict]:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema upgrade notes
 
     try:
-        mv = MlflowClient(uri).get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+        mv = MlflowClient(uri).get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
-        raise NoChampion(f"no champion yet: no version of {REGISTERED_MODEL} has passed the quality gate "
-                         f"and the ranking; {HOW_TO}") from None
+        raise NoChampion(f"no champion yet: no version of {name} has passed the quality gate "
+                         f"and the ranking; {how}") from None
     tag = mv.tags.get("bentoml_tag")
     if not tag:
-        raise NoChampion(f"champion {REGISTERED_MODEL} v{mv.version} has no bentoml_tag; {HOW_TO}")
-    fetched = _ensure_stored(tag, mv)
-    return tag, {"by": CHAMPION, "registered_model": REGISTERED_MODEL, "version": str(mv.version),
-                 "reason": f"alias {CHAMPION} of {REGISTERED_MODEL} -> v{mv.version}; promoted because: "
+        raise NoChampion(f"champion {name} v{mv.version} has no bentoml_tag; {how}")
+    fetched = _ensure_stored(tag, mv, name, how)
+    return tag, {"by": CHAMPION, "kind": kind, "registered_model": name, "version": str(mv.version),
+                 "reason": f"alias {CHAMPION} of {name} -> v{mv.version}; promoted because: "
                            f"{mv.tags.get('promotion', 'set by hand')}"
                            + ("; copied from the registry into this machine's BentoML store" if fetched else "")}
 
 
-def _ensure_stored(tag: str, mv) -> bool:
+def _ensure_stored(tag: str, mv, name: str, how: str) -> bool:
     """Puts the champion into the local BentoML store, from the registered
     version's files (the SavedModel) and its run's model card, unless the
     store holds it already. True when it copied it."""
@@ -72,8 +87,6 @@ def _ensure_stored(tag: str, mv) -> bool:
     import yaml
     from bentoml.exceptions import NotFound
 
-    from serving import contract
-
     try:
         bentoml.models.get(tag)
         return False
@@ -81,7 +94,7 @@ def _ensure_stored(tag: str, mv) -> bool:
         pass
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(mlflow.artifacts.download_artifacts(
-            f"models:/{REGISTERED_MODEL}/{mv.version}", dst_path=f"{tmp}/model", tracking_uri=tracking_uri()))
+            f"models:/{name}/{mv.version}", dst_path=f"{tmp}/model", tracking_uri=tracking_uri()))
         card_file = Path(mlflow.artifacts.download_artifacts(
             run_id=mv.run_id, artifact_path=contract.CARD, dst_path=f"{tmp}/card", tracking_uri=tracking_uri()))
         # The pyfunc's artifact `saved_model`, where its MLmodel says the logged files are.
@@ -89,18 +102,21 @@ def _ensure_stored(tag: str, mv) -> bool:
         saved = model_dir / flavor.get("artifacts", {}).get(contract.SAVED_MODEL, {}).get(
             "path", f"artifacts/{contract.SAVED_MODEL}")
         if not (saved / "saved_model.pb").is_file():
-            raise NoChampion(f"champion {REGISTERED_MODEL} v{mv.version} holds no SavedModel "
-                             f"(its pyfunc artifact {contract.SAVED_MODEL}); {HOW_TO}")
+            raise NoChampion(f"champion {name} v{mv.version} holds no SavedModel "
+                             f"(its pyfunc artifact {contract.SAVED_MODEL}); {how}")
         contract.store(saved, card_file, tag)
     return True
 
 
 def resolve(selector: str) -> tuple[str, dict]:
-    """(BentoML tag, how it was chosen) for `champion`, `latest` or a tag."""
+    """(BentoML tag, how it was chosen) for `champion`, `latest` or a tag; `champion` and
+    `latest` of the kind MNIST_GAN_KIND names. ValueError for a kind not in contract.KINDS."""
+    kind = contract.served_kind()
     if selector == CHAMPION:
-        return champion()
+        return champion(kind)
     if selector == "latest":
-        return f"{BENTO_MODEL}:latest", {"by": "latest", "reason": "asked for by name: the newest stored export"}
+        return f"{contract.bento_model(kind)}:latest", {
+            "by": "latest", "kind": kind, "reason": f"asked for by name: the newest stored export of kind {kind}"}
     return selector, {"by": "tag", "reason": f"asked for by tag {selector}"}
 
 
@@ -110,7 +126,7 @@ def main(argv: list[str]) -> int:
     selector = rest[0] if rest else CHAMPION
     try:
         tag, how = resolve(selector)
-    except NoChampion as exc:
+    except (NoChampion, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if only_tag:
