@@ -3,8 +3,9 @@ and give a verdict.
 
     python -m pipeline.evaluate --generator PATH --out DIR
 
-scores any saved Keras generator (n, z_dim) -> (n, 28, 28, c) in [-1, 1]; the
-other inputs default as in dvc.yaml (`--params params.yaml --data
+scores any saved Keras generator (n, z_dim) -> (n, 28, 28, c) in [-1, 1], or a
+class-conditional one (z (n, z_dim), digit (n,)) -> (n, 28, 28, 1); the other
+inputs default as in dvc.yaml (`--params params.yaml --data
 data/prepared/mnist.npz --judge models/judge.keras`). Without `--run-file`
 nothing goes to MLflow. The pipeline passes the train stage's record
 (`--training-run`) and `--run-file`: the result's MLflow run (every stage's
@@ -12,7 +13,7 @@ params, the data as its input, the metrics and figures; tracking.result_run
 says which run) is written there. Writes `<metrics>` (default
 `<out>/metrics.json`) and, under `<out>`, `verdict.json`, `protocol.json`
 (what the scores are comparable under), `per_class.json`, `class_hist.csv`
-and the PNG figures.
+and the PNG figures; for a conditional generator also `per_digit.json`.
 
 Every figure on generated images has the same figure on real held-out test
 images beside it; the verdict thresholds are `evaluate.*` in params.yaml.
@@ -21,6 +22,11 @@ With `prepare.dataset: stacked` (three digits as one image's channels) the class
 are the 1,000 codes, and `modes_covered` and `class_kl` are VEEGAN's and PacGAN's:
 the codes with at least one generated image, and KL(generated || uniform over the
 codes); every other metric and rule is the same code on the codes and RGB pixels.
+
+A conditional generator is asked for each digit in turn; the figures above are on
+all its images together, and `cond_*` and `*_digit_<d>` ones say whether it drew the
+digit asked for, each digit against held-out images of that digit, with rules of
+their own (docs/metrics.md#class-conditional-generators).
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import hashlib
 import io
 import json
 import operator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from operator import itemgetter
 from pathlib import Path
 from typing import Callable
@@ -38,15 +44,34 @@ from typing import Callable
 import numpy as np
 
 from pipeline import atomic, classifier, data, images, metrics, params, tracking
-from pipeline.models import load_generator
+from pipeline.models import digit_input, generate, load_generator, z_dim_of
 from pipeline.errors import StageError, run_stage
+
+def latents(n: int, z_dim: int, seed: int) -> np.ndarray:
+    """The evaluation's draw of z: n rows from N(0, I)."""
+    return np.random.default_rng(seed).standard_normal((n, z_dim)).astype(np.float32)
+
 
 def sample(generator, n: int, seed: int, batch: int = 500) -> np.ndarray:
     """n images from N(0, I) latents as 8-bit pixels (n, 28, 28[, c])."""
-    z_dim = generator.input_shape[-1]
-    z = np.random.default_rng(seed).standard_normal((n, z_dim)).astype(np.float32)
+    z = latents(n, generator.input_shape[-1], seed)
     out = [images.to_uint8(generator.predict_on_batch(z[i:i + batch])) for i in range(0, n, batch)]
     return np.concatenate(out)
+
+
+def requested_digits(labels: np.ndarray, n: int) -> np.ndarray:
+    """The digit a conditional generator is asked for with each of n samples: the digits
+    of the held-out labels (prepare.digits) in turn, so that each gets an equal share (the
+    first ones one more where n does not divide) and so does any first part of the draw,
+    such as the L1 figures' (evaluate.l1_samples)."""
+    present = np.unique(labels)
+    return present[np.arange(n) % len(present)]
+
+
+def sample_digits(generator, digits: np.ndarray, seed: int, batch: int = 500) -> np.ndarray:
+    """A conditional generator's images of `digits`, from the same latents as `sample`'s."""
+    z = latents(len(digits), z_dim_of(generator), seed)
+    return images.to_uint8(generate(generator, z, digits, batch))
 
 
 def real_indices(total: int, n: int, seed: int) -> np.ndarray:
@@ -60,6 +85,24 @@ def real_subset(x: np.ndarray, n: int, seed: int, y: np.ndarray | None = None):
     """At most n held-out images (and their labels when given)."""
     keep = real_indices(len(x), n, seed)
     return x[keep] if y is None else (x[keep], y[keep])
+
+
+def digit_real_indices(labels: np.ndarray, digits: np.ndarray, seed: int) -> np.ndarray:
+    """Which held-out images the per-digit figures use: of each digit asked for, as many
+    as were asked for (all there are where fewer), drawn without replacement."""
+    parts = []
+    for d, count in zip(*np.unique(digits, return_counts=True)):
+        pool = np.flatnonzero(labels == d)
+        parts.append(pool[real_indices(len(pool), count, seed)])
+    return np.concatenate(parts)
+
+
+@dataclass(frozen=True)
+class Requested:
+    """What a conditional generator was asked for, and the held-out images to judge it by."""
+    digits: np.ndarray        # the digit asked for with each generated image
+    real: np.ndarray          # held-out images of those digits (digit_real_indices)
+    real_labels: np.ndarray
 
 
 # --- the verdict -------------------------------------------------------------------
@@ -78,6 +121,7 @@ class Rule:
     bound_name: str
     bound: Bound
     note: str = ""   # formatted with the thresholds
+    conditional: bool = False   # only for a conditional generator (its metrics hold CONDITIONAL)
 
 
 def threshold(key: str) -> Bound:
@@ -85,9 +129,9 @@ def threshold(key: str) -> Bound:
     return lambda m, p: getattr(p, key)
 
 
-def check(verdict: str, key: str, fails, param: str, note: str = "") -> Rule:
+def check(verdict: str, key: str, fails, param: str, note: str = "", conditional: bool = False) -> Rule:
     """The common rule: a metric against a threshold of the same-named bound."""
-    return Rule(verdict, key, itemgetter(key), fails, param, threshold(param), note)
+    return Rule(verdict, key, itemgetter(key), fails, param, threshold(param), note, conditional)
 
 
 def excess(a: str, b: str) -> Value:
@@ -95,6 +139,7 @@ def excess(a: str, b: str) -> Value:
 
 
 SYMBOL = {operator.lt: "<", operator.gt: ">"}
+CONDITIONAL = "cond_accuracy"   # the metric only a conditional generator's scores hold
 # The verdict's rules, in the order their reasons are listed.
 RULES = (
     Rule("mode_collapse", "modes_covered", itemgetter("modes_covered"), operator.lt, "modes_expected",
@@ -102,6 +147,8 @@ RULES = (
     check("mode_collapse", "class_kl", operator.gt, "kl_max"),
     check("mode_collapse", "diversity_ratio", operator.lt, "diversity_min"),
     check("mode_collapse", "class_diversity_min", operator.lt, "diversity_min", "one class's images look alike"),
+    check("mode_collapse", "digit_diversity_min", operator.lt, "cond_diversity_min",
+          "one requested digit's images look alike", conditional=True),
     Rule("mode_collapse", "duplicate_rate_gen-duplicate_rate_real", excess("duplicate_rate_gen", "duplicate_rate_real"),
          operator.gt, "duplicate_excess_max", threshold("duplicate_excess_max"),
          "pairs of generated images within L1 {near_l1}, above the real rate"),
@@ -115,6 +162,10 @@ RULES = (
     check("quality", "fcd", operator.gt, "fcd_max"),
     check("quality", "precision", operator.lt, "precision_min"),
     check("quality", "recall", operator.lt, "recall_min"),
+    check("quality", "cond_accuracy_ratio", operator.lt, "cond_accuracy_ratio_min",
+          "share of images read as the digit asked for, over the judge's accuracy on real ones", conditional=True),
+    check("quality", "digit_accuracy_ratio_min", operator.lt, "cond_accuracy_ratio_min",
+          "one digit is not drawn when asked for", conditional=True),
 )
 VERDICTS = ("mode_collapse", "memorization", "quality")
 
@@ -134,7 +185,8 @@ def verdict(m: dict, p: params.EvaluateParams) -> Verdict:
     """The three booleans and the reasons behind each failed check (RULES)."""
     thresholds = p.model_dump()
     failed: dict[str, list[str]] = {kind: [] for kind in VERDICTS}
-    for rule in RULES:
+    conditional = CONDITIONAL in m
+    for rule in (r for r in RULES if conditional or not r.conditional):
         value, bound = rule.value(m), rule.bound(m, p)
         if rule.fails(value, bound):
             note = f" ({rule.note.format(**thresholds)})" if rule.note else ""
@@ -170,6 +222,8 @@ class Details:
     gen_hist: np.ndarray    # the judge's class shares, generated and real
     real_hist: np.ndarray
     per_class: dict[int, metrics.ClassDiversity]
+    digits: np.ndarray | None = None   # a conditional generator's: the digit asked for with each image
+    per_digit: dict[int, metrics.DigitFigures] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -180,9 +234,37 @@ class Scores:
     generated: np.ndarray | None = None   # the 8-bit samples scored (evaluate() keeps them)
 
 
+def conditional_figures(gen: np.ndarray, f_gen: np.ndarray, p_gen: np.ndarray, req: Requested, judge,
+                        k: int) -> tuple[dict[str, float], dict[int, metrics.DigitFigures]]:
+    """Whether a conditional generator drew the digits asked for (the judge against the
+    requested label, beside the judge on real images against theirs), and each digit's
+    images against held-out images of that digit. A digit with fewer than
+    metrics.MIN_CLASS_IMAGES images on either side has no figures of its own."""
+    f_real, p_real = classifier.embed(judge, req.real)
+    m = {
+        "cond_accuracy": metrics.label_accuracy(p_gen, req.digits),
+        "cond_accuracy_real": metrics.label_accuracy(p_real, req.real_labels),
+        "cond_cross_entropy": metrics.cross_entropy(p_gen, req.digits),
+        "cond_cross_entropy_real": metrics.cross_entropy(p_real, req.real_labels),
+    }
+    m["cond_accuracy_ratio"] = m["cond_accuracy"] / max(m["cond_accuracy_real"], 1e-12)
+    per_digit = {}
+    for d in np.unique(req.digits):
+        g, r = req.digits == d, req.real_labels == d
+        if min(g.sum(), r.sum()) >= metrics.MIN_CLASS_IMAGES:
+            per_digit[int(d)] = metrics.digit_figures(int(d), (gen[g], f_gen[g], p_gen[g]),
+                                                      (req.real[r], f_real[r], p_real[r]), k)
+    for d, f in per_digit.items():
+        m.update({f"cond_accuracy_digit_{d}": f.accuracy_gen, f"fcd_digit_{d}": f.fcd,
+                  f"precision_digit_{d}": f.precision, f"recall_digit_{d}": f.recall,
+                  f"diversity_ratio_digit_{d}": f.diversity_ratio})
+    return m, per_digit
+
+
 def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.ndarray, judge,
-          p: params.EvaluateParams) -> Scores:
-    """All metrics of 8-bit generated images against real held-out ones, and the verdict."""
+          p: params.EvaluateParams, requested: Requested | None = None) -> Scores:
+    """All metrics of 8-bit generated images against real held-out ones, and the verdict;
+    with `requested`, a conditional generator's figures and rules too."""
     if len(real) < 2 or len(gen) < 2:
         raise StageError("evaluate: need at least two generated and two held-out test images")
     # The L1 figures' share of the samples (evaluate.l1_samples): generated images are
@@ -234,21 +316,41 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
     m["classifier_score_ratio"] = m["classifier_score_gen"] / max(m["classifier_score_real"], 1e-12)
     k = min(p.k, len(gen) - 1, len(real) - 1)
     m.update(metrics.prdc(f_real, f_gen, k))
+    per_digit = {}
+    if requested is not None:
+        cond, per_digit = conditional_figures(gen, f_gen, p_gen, requested, judge, p.k)
+        m.update(cond)
+        # The worst digit; with none large enough to count alone, the figure over all of them.
+        m["digit_accuracy_ratio_min"] = min((f.accuracy_gen / max(f.accuracy_real, 1e-12)
+                                             for f in per_digit.values()), default=m["cond_accuracy_ratio"])
+        m["digit_diversity_min"] = min((f.diversity_ratio for f in per_digit.values()),
+                                       default=m["diversity_ratio"])
     v = verdict(m, p)
     m.update({"mode_collapse": int(v.mode_collapse), "memorization": int(v.memorization),
               "quality_gate_passed": int(v.quality_gate_passed)})
     m["num_generated"], m["num_real"], m["num_l1"] = len(gen), len(real), len(gi)
-    return Scores(m, v, Details(gen_l1, l1.gen_nn, l1.gen_arg, gen_cls, gen_hist, real_hist, per_class))
+    digits = None if requested is None else requested.digits
+    return Scores(m, v, Details(gen_l1, l1.gen_nn, l1.gen_arg, gen_cls, gen_hist, real_hist, per_class,
+                                digits, per_digit))
 
 
 def evaluate(generator, judge, ds: data.Mnist, p: params.EvaluateParams) -> Scores:
-    """Sample the generator and score it against `ds` (data.training_set)."""
+    """Sample the generator and score it against `ds` (data.training_set); a conditional
+    generator (models.digit_input) is asked for every digit of the data in equal shares."""
     if generator.output_shape[-1] != data.channels_of(ds):
         raise StageError(f"evaluate: the generator draws {generator.output_shape[1:]} images, the data "
                          f"(prepare.dataset) holds {ds.x_train.shape[1:]}")
-    gen = sample(generator, p.num_samples, p.seed)
     real, labels = real_subset(ds.x_test, p.num_samples, p.seed, ds.y_test)
-    return replace(score(gen, real, labels, ds.x_train, judge, p), generated=gen)
+    if digit_input(generator) is None:
+        gen = sample(generator, p.num_samples, p.seed)
+        return replace(score(gen, real, labels, ds.x_train, judge, p), generated=gen)
+    if data.channels_of(ds) != 1:
+        raise StageError("evaluate: a conditional generator draws digits; prepare.dataset must be mnist")
+    digits = requested_digits(ds.y_test, p.num_samples)
+    keep = digit_real_indices(ds.y_test, digits, p.seed)
+    req = Requested(digits, ds.x_test[keep], ds.y_test[keep])
+    gen = sample_digits(generator, digits, p.seed)
+    return replace(score(gen, real, labels, ds.x_train, judge, p, req), generated=gen)
 
 
 def write_figures(out: Path, gen: np.ndarray, train: np.ndarray, details: Details) -> None:
@@ -278,12 +380,18 @@ def write_figures(out: Path, gen: np.ndarray, train: np.ndarray, details: Detail
         members = gen[details.gen_cls == c][:64]
         pixels = members if len(members) else np.zeros((1, *gen.shape[1:]), np.uint8)
         images.save_png(images.grid(pixels, cols=8), out / "per_class" / f"class_{c}.png", scale=2)
+    # A conditional generator's: a grid per digit asked for, whatever the judge reads.
+    if details.digits is not None:
+        for d in np.unique(details.digits):
+            images.save_png(images.grid(gen[details.digits == d][:64], cols=8), out / "per_digit" / f"digit_{d}.png",
+                            scale=2)
 
 
-def protocol(judge, ds: data.Mnist, p: params.EvaluateParams) -> dict:
+def protocol(judge, ds: data.Mnist, p: params.EvaluateParams, conditional: bool = False) -> dict:
     """What makes two evaluations' numbers comparable: the same judge weights, the
-    same prepared data and the same draw (samples, seed, k). Promotion compares
-    a challenger with the champion only under the same protocol."""
+    same prepared data and the same draw (samples, seed, k; for a conditional
+    generator, the digits asked for). Promotion compares a challenger with the
+    champion only under the same protocol."""
     h = hashlib.sha256()
     for w in judge.get_weights():
         h.update(np.ascontiguousarray(w).tobytes())
@@ -292,6 +400,8 @@ def protocol(judge, ds: data.Mnist, p: params.EvaluateParams) -> dict:
            "kid_subset_size": p.kid_subset_size}
     if p.l1_samples:  # named only when set, so that earlier protocols keep their ids
         out["l1_samples"] = p.l1_samples
+    if conditional:  # the digits asked for are part of the draw; a plain generator's id stays
+        out["conditional"] = True
     out["id"] = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:12]
     return out
 
@@ -335,9 +445,12 @@ def main(argv: list[str] | None = None) -> None:
     m, v = scores.metrics, scores.verdict
     write_figures(out, scores.generated, ds.x_train, scores.details)
     atomic.write_json(out / "verdict.json", v.as_dict())
-    proto = protocol(judge, ds, p)
+    conditional = scores.details.digits is not None
+    proto = protocol(judge, ds, p, conditional)
     atomic.write_json(out / "protocol.json", proto)
     atomic.write_json(out / "per_class.json", {str(c): d._asdict() for c, d in scores.details.per_class.items()})
+    if conditional:
+        atomic.write_json(out / "per_digit.json", {str(d): f._asdict() for d, f in scores.details.per_digit.items()})
     atomic.write_json(args.metrics or out / "metrics.json", m)
     if training is not None:
         logged = {k: float(x) for k, x in m.items()}

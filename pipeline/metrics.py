@@ -229,6 +229,32 @@ def per_class_diversity(gen, gen_cls, real, real_cls, classes: int = 10) -> dict
     return out
 
 
+class DigitFigures(NamedTuple):
+    """A conditional generator's images of one requested digit against held-out images of that digit."""
+    num_generated: int
+    num_real: int
+    accuracy_gen: float      # share the judge reads as the digit
+    accuracy_real: float
+    fcd: float
+    precision: float
+    recall: float
+    l1_pairwise_gen: float
+    l1_pairwise_real: float
+    diversity_ratio: float
+
+
+def digit_figures(digit: int, gen: tuple, real: tuple, k: int) -> DigitFigures:
+    """gen and real: the digit's (8-bit images, judge features, judge probabilities);
+    k is capped so that each side has k other points."""
+    (g, f_gen, p_gen), (r, f_real, p_real) = gen, real
+    k = min(k, len(g) - 1, len(r) - 1)
+    pr = prdc(f_real, f_gen, k)
+    pair_gen, pair_real = mean_pairwise_l1(g), mean_pairwise_l1(r)
+    return DigitFigures(len(g), len(r), label_accuracy(p_gen, np.full(len(g), digit)),
+                        label_accuracy(p_real, np.full(len(r), digit)), frechet_distance(f_gen, f_real),
+                        pr["precision"], pr["recall"], pair_gen, pair_real, pair_gen / max(pair_real, 1e-12))
+
+
 def class_matched_rate(flags: np.ndarray, cls: np.ndarray, target_cls: np.ndarray) -> float:
     """The rate of `flags` among real images, reweighted to the class mix of `target_cls`:
     "1"s sit much nearer their training neighbours than "8"s, so a generator of many
@@ -313,6 +339,19 @@ def classifier_score(probs: np.ndarray, eps: float = 1e-12) -> float:
     marginal = probs.mean(axis=0)
     kl = np.sum(probs * (np.log(probs + eps) - np.log(marginal + eps)), axis=1)
     return float(np.exp(kl.mean()))
+
+
+def label_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Share of images whose most likely class is their label (for a conditional
+    generator's images: the digit they were asked for)."""
+    return float(np.mean(np.asarray(probs).argmax(axis=1) == np.asarray(labels)))
+
+
+def cross_entropy(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-12) -> float:
+    """TF-GAN's mnist_cross_entropy: the mean of -log p(label | x) under the classifier's
+    softmax, in nats; 0 when it is sure of every label, large when it reads another class."""
+    probs = np.asarray(probs, np.float64)
+    return float(-np.mean(np.log(probs[np.arange(len(probs)), np.asarray(labels)] + eps)))
 
 
 def modes_covered(gen_hist: np.ndarray, real_hist: np.ndarray, min_share: float) -> tuple[int, int]:

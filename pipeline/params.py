@@ -192,6 +192,11 @@ class EvaluateParams(Section):
     precision_min: float = Field(ge=0, le=1)
     recall_min: float = Field(ge=0, le=1)
     fcd_max: float = Field(gt=0)
+    # A conditional generator's alone: the share read as the digit asked for, over the
+    # judge's accuracy on real images (over all digits and the worst digit), and the worst
+    # digit's diversity ratio.
+    cond_accuracy_ratio_min: float = Field(gt=0, le=1)
+    cond_diversity_min: float = Field(gt=0, le=2)
 
 
 SECTIONS: dict[str, type[Section]] = {
