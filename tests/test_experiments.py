@@ -150,28 +150,42 @@ def test_stacked_mnist_experiment_trains_three_channels_with_the_same_judge(repo
 
 
 def test_params_seen_before_come_from_the_run_cache(repo):
+    """With a conditional experiment (train.condition: concat) as the new training: it
+    trains, is scored per requested digit, and is registered as its own kind."""
     project, env = repo
     at_baseline(project, env)
-    out = sh(project, env, "dvc", "exp", "run", "-n", "seed7", "-S", "train.seed=7")
-    assert "Running stage 'train'" in out
-    trained = runs(env)["seed7"]
+    digits_versions = versions(env, "mnist-gan-generator")
+    out = sh(project, env, "dvc", "exp", "run", "-n", "cond", "-S", "train.condition=concat")
+    assert "Running stage 'train'" in out and "conditioned on the digit (concat)" in out
+    trained = runs(env)["cond"]
     assert trained.data.tags["training_run_id"] == trained.info.run_id  # a fresh training, its own result
+    assert trained.data.params["train.condition"] == "concat"
+    assert 0 <= trained.data.metrics["cond_accuracy"] <= 1
+    card = json.loads((project / "export" / "model_card.json").read_text())
+    assert card["kind"] == "conditional" and card["classes"] == list(range(10))
+    assert card["registered_model"]["name"] == "mnist-gan-generator-conditional"
+    assert versions(env, "mnist-gan-generator") == digits_versions  # the digits' line is not touched
     before = snapshot(env, trained.info.run_id)
 
     # Training params seen before, an evaluate param new: training restored, not rerun.
     at_baseline(project, env)
-    out = sh(project, env, "dvc", "exp", "run", "-n", "seed7kl", "-S", "train.seed=7", "-S", "evaluate.kl_max=0.3")
+    out = sh(project, env, "dvc", "exp", "run", "-n", "condkl", "-S", "train.condition=concat",
+             "-S", "evaluate.kl_max=0.3")
     assert "Stage 'train' is cached - skipping run, checking out outputs" in out, out[-3000:]
     assert "Running stage 'train'" not in out and "Running stage 'evaluate'" in out
-    assert runs(env)["seed7kl"].data.tags["training_run_id"] == trained.info.run_id
+    assert runs(env)["condkl"].data.tags["training_run_id"] == trained.info.run_id
 
     # All params seen before: every stage restored, no run added, the result is the earlier one.
     count = len(runs(env))
     at_baseline(project, env)
-    out = sh(project, env, "dvc", "exp", "run", "-n", "seed7again", "-S", "train.seed=7")
+    out = sh(project, env, "dvc", "exp", "run", "-n", "condagain", "-S", "train.condition=concat")
     assert "Running stage" not in out and "Stage 'evaluate' is cached" in out
     assert len(runs(env)) == count
     assert snapshot(env, trained.info.run_id) == before
+
+
+def versions(env: dict, name: str) -> list[str]:
+    return sorted(v.version for v in client(env).search_model_versions(f"name='{name}'"))
 
 
 def test_experiment_commits_carry_no_checkpoint_or_large_file(repo):
