@@ -58,7 +58,8 @@ def free_port() -> int:
 
 
 class Served:
-    """`bentoml serve` in a real process on a free loopback port."""
+    """`bentoml serve` in a real process on a free loopback port; as a context manager,
+    ready on entry and stopped on exit."""
 
     def __init__(self, cwd: Path, env: dict[str, str], target: str = "serving.service:Generator"):
         self.port = free_port()
@@ -80,6 +81,17 @@ class Served:
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"bentoml serve not ready after {timeout}s: {self.output()}")
+
+    def __enter__(self) -> "Served":
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def output(self) -> str:
         self.log.flush()

@@ -123,12 +123,8 @@ def test_make_serve_kind_conditional_selects_that_champion(exported):
 @pytest.fixture(scope="module")
 def served(exported):
     project, env, _ = exported
-    server = Served(project, {**env, "MNIST_GAN_KIND": "conditional"})
-    try:
-        server.wait_ready()
+    with Served(project, {**env, "MNIST_GAN_KIND": "conditional"}) as server:
         yield server, project
-    finally:
-        server.stop()
 
 
 def test_render_with_a_digit_draws_what_the_judge_reads_as_that_digit(served):

@@ -141,12 +141,8 @@ def test_mlflow_run(pipeline_run, mlflow_client):
 def served(pipeline_run):
     project, env, _ = pipeline_run
     # No version passed the gate, so there is no champion: serve the newest export by name.
-    server = Served(project, dict(env, MNIST_GAN_MODEL="latest"))
-    try:
-        server.wait_ready()
+    with Served(project, dict(env, MNIST_GAN_MODEL="latest")) as server:
         yield server, project
-    finally:
-        server.stop()
 
 
 def test_render_png(served):

@@ -37,12 +37,8 @@ def home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(home):
     tmp, env, tag = home
-    served = Served(tmp, dict(env, MNIST_GAN_MODEL=tag))
-    try:
-        served.wait_ready()
+    with Served(tmp, dict(env, MNIST_GAN_MODEL=tag)) as served:
         yield served
-    finally:
-        served.stop()
 
 
 @pytest.fixture(scope="module")

@@ -123,12 +123,8 @@ def home(tmp_path_factory):
 
 def _served(tmp, env, name: str):
     (tmp / name).mkdir()
-    served = Served(tmp / name, env)
-    try:
-        served.wait_ready()
+    with Served(tmp / name, env) as served:
         yield served
-    finally:
-        served.stop()
 
 
 @pytest.fixture(scope="module")
