@@ -55,6 +55,8 @@ SYSTEM_PREFIX = "system/"  # MLflow's prefix for the system metrics' keys
 # A dataset's digest as MLflow shows it: its own digests are 8 hex digits, and its store
 # takes at most 36 characters (a SHA-256 has 64).
 DIGEST_CHARS = 8
+# Tries at logging a dataset input that another run is creating at the same moment.
+DATASET_ATTEMPTS = 5
 
 
 def redact(uri: str) -> str:
@@ -241,8 +243,18 @@ class Run:
         # A MetaDataset: the digest is at hand, so MLflow never reads the file.
         source = get_dataset_source_from_json(json.dumps({"uri": data.source()}), "local")
         meta = MetaDataset(source, name=data.name, digest=data.sha256[:DIGEST_CHARS])
-        client().log_inputs(self.run_id, [DatasetInput(DatasetEntity(**meta.to_dict()),
-                                                       [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+        inputs = [DatasetInput(DatasetEntity(**meta.to_dict()), [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        # MLflow looks the dataset up, then inserts it: two runs logging a new dataset at
+        # once (a queued grid's first trainings) race, and the loser's insert breaks the
+        # store's unique key. The dataset exists by then, so logging again finds it.
+        for attempt in range(DATASET_ATTEMPTS):
+            try:
+                client().log_inputs(self.run_id, inputs)
+                return
+            except Exception as e:  # MlflowException from a store, RestException from a server
+                if attempt + 1 == DATASET_ATTEMPTS or "unique constraint" not in str(e).lower():
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def record(self) -> dict:
         """What a run file holds: never the tracking URI's credentials."""
