@@ -5,7 +5,7 @@ the runs table with metric columns, and the Compare page of selected runs.
 
 URL is what `make ui` prints. Saves `runs.png` (the table with the metric
 columns added) and `compare.png` (the runs selected, then Compare) under
---out (bench/first_run.py takes the docs' runs.png with the same functions). `tests/test_experiments.py` uses the same
+--out (bench/first_run.py takes the docs' runs.png with the same functions). `tests/test_grid.py` uses the same
 functions to check the rendered DOM.
 """
 from __future__ import annotations

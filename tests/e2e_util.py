@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,7 +65,7 @@ class Served:
     def __init__(self, cwd: Path, env: dict[str, str], target: str = "serving.service:Generator"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(cwd / "serve.log", "w+")
+        self.log = tempfile.TemporaryFile("w+")  # not in cwd: a project's git status stays clean
         self.proc = subprocess.Popen(
             [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
