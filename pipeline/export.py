@@ -108,6 +108,28 @@ def decide(challenger: dict, champion: dict | None) -> dict:
     return {"promote": wins, "champion_before": before, "reason": how}
 
 
+def promote(registered: str, challenger: dict, publish=lambda decision: {}) -> tuple[dict, dict | None, dict]:
+    """Decide `challenger` (decide's keys) against the champion of `registered` and record
+    it, holding the registry lock that every exporter on every machine takes, so that
+    the alias ends where one-at-a-time exports would leave it, however many run at once.
+    `publish(decision)` runs before the alias moves and returns more tags for the version.
+    Each version is tagged with its decision's reason; a champion that loses the alias
+    gets `superseded_by`. Returns (decision, the champion it was compared with, the tags)."""
+    with tracking.registry_lock(registered):
+        current = tracking.champion(registered)
+        champ = None if current is None else {"version": current["version"], **current["tags"]}
+        decision = decide(challenger, champ)
+        tags = {**publish(decision), "quality_gate_passed": challenger["quality_gate_passed"],
+                "eval_protocol": challenger["eval_protocol"], "promotion": decision["reason"],
+                **{k: challenger[k] for k, _ in RANKING}}
+        tracking.tag_version(challenger["version"], tags, registered)
+        if decision["promote"]:
+            tracking.set_champion(challenger["version"], registered)
+            if champ is not None:
+                tracking.tag_version(champ["version"], {"superseded_by": challenger["version"]}, registered)
+    return decision, champ, tags
+
+
 def pyfunc_example(card: dict):
     """The logged pyfunc's input example: one z of zeros (and digit 0, conditional)."""
     import numpy as np
@@ -180,18 +202,15 @@ def main(argv: list[str] | None = None) -> None:
         challenger = {"version": version, "quality_gate_passed": verdict.get("quality_gate_passed") is True,
                       "reasons": verdict.get("reasons"), "eval_protocol": protocol["id"],
                       **{k: metrics[k] for k, _ in RANKING}}
-        with tracking.registry_lock():
-            current = tracking.champion(registered)
-            champ = None if current is None else {"version": current["version"], **current["tags"]}
-            decision = decide(challenger, champ)
+
+        def publish(decision: dict) -> dict:
+            """The card with the decision, into the BentoML store: before the alias moves."""
             card["promotion"] = decision
             atomic.write_json(out / contract.CARD, card)
-            tag = contract.store(out / "generator", card)
-            tracking.tag_version(version, {"bentoml_tag": tag, "quality_gate_passed": challenger["quality_gate_passed"],
-                                           "eval_protocol": protocol["id"], "promotion": decision["reason"],
-                                           **{k: metrics[k] for k, _ in RANKING}}, registered)
-            if decision["promote"]:
-                tracking.set_champion(version, registered)
+            return {"bentoml_tag": contract.store(out / "generator", card)}
+
+        decision, champ, tags = promote(registered, challenger, publish)
+        tag = tags["bentoml_tag"]
         active.set_tags({"bentoml_tag": tag, "registered_model_version": version,
                          "promotion.promoted": decision["promote"], "promotion.reason": decision["reason"],
                          "promotion.champion_before": decision["champion_before"]})

@@ -427,13 +427,68 @@ def last_logged_step(run_id: str, key: str) -> int:
 
 # The registry ----------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def registry_lock() -> Iterator[None]:
-    """One promotion at a time on this machine (the queue runs experiments side by side)."""
-    from filelock import FileLock
+# The promotion lock of registered model NAME is a registered model NAME + LOCK_SUFFIX.
+LOCK_SUFFIX = ".promotion-lock"
+# A lock older than this is a dead holder's (a promotion takes seconds) and is broken.
+LOCK_LEASE_SECONDS = 300
+LOCK_WAIT_SECONDS = 600
 
-    with FileLock(str(project_root() / ".mlflow-registry.lock"), timeout=600):
+
+@contextlib.contextmanager
+def registry_lock(name: str = REGISTERED_MODEL) -> Iterator[None]:
+    """One promotion of registered model `name` at a time, among every process on every
+    machine that uses this tracking store: the lock is a registered model that exists
+    while it is held. Creating it is atomic (the store's unique key on names), so
+    exactly one of any number of exporters creates it; the others wait."""
+    import socket
+    import uuid
+
+    from mlflow.exceptions import MlflowException
+
+    c, lock = client(), name + LOCK_SUFFIX
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            c.create_registered_model(lock, tags={"holder": holder}, description=(
+                f"Held while an export decides the champion of {name}; deleted when it is done. "
+                f"One older than {LOCK_LEASE_SECONDS} s belonged to an export that died, and the next export "
+                "breaks it."))
+            break
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        _break_if_stale(lock)
+        if time.monotonic() > deadline:
+            raise StageError(f"the registry lock {lock!r} on {redact(tracking_uri())} was held for "
+                             f"{LOCK_WAIT_SECONDS} s; if no export is running, delete that registered model")
+        time.sleep(0.1 + 0.2 * (uuid.uuid4().int % 100) / 100)  # jittered, so waiters do not march in step
+    try:
         yield
+    finally:
+        _release(lock, holder)
+
+
+def _break_if_stale(lock: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        held = client().get_registered_model(lock)
+    except MlflowException:
+        return  # released meanwhile
+    age = time.time() - held.creation_timestamp / 1000
+    if age > LOCK_LEASE_SECONDS:
+        print(f"export: breaking the registry lock {lock!r} of {held.tags.get('holder')}, held {age:.0f} s")
+        with contextlib.suppress(MlflowException):
+            client().delete_registered_model(lock)
+
+
+def _release(lock: str, holder: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):
+        if client().get_registered_model(lock).tags.get("holder") == holder:  # not one that broke ours
+            client().delete_registered_model(lock)
 
 
 def tag_version(version: str, tags: dict, name: str = REGISTERED_MODEL) -> None:

@@ -129,6 +129,99 @@ def test_champion_loads_in_a_second_process(team_run, tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "(3, 28, 28, 1) float32 True True", proc.stdout
 
 
+# One exporter's promotion (export.promote, as the export stage calls it) in each round:
+# it registers its version, says ready, waits for the round's go file, then promotes.
+PROMOTER = """
+import json, os, sys, time
+from mlflow.exceptions import MlflowException
+from pipeline import tracking
+from pipeline.export import promote
+
+go, rounds = sys.argv[1], json.loads(sys.argv[2])
+c = tracking.client()
+for i, (name, fcd, gate) in enumerate(rounds):
+    try:
+        c.create_registered_model(name)
+    except MlflowException:
+        pass  # another exporter made it first
+    version = c.create_model_version(name, f"s3://mnist-gan/race/{name}/{fcd}").version
+    print("ready", flush=True)
+    while not os.path.exists(f"{go}-{i}"):
+        time.sleep(0.001)
+    challenger = {"version": version, "quality_gate_passed": gate, "reasons": [] if gate else ["fcd too high"],
+                  "eval_protocol": "p", "fcd": fcd, "classifier_score_ratio": 0.9}
+    print(json.dumps(promote(name, challenger)[0]), flush=True)
+"""
+EXPORTERS, ROUNDS = 4, 6
+
+
+def test_concurrent_exporters_leave_the_best_version_champion(stack, tmp_path):
+    """Exporters in separate clones promote at the same instant against one mlflow server on
+    PostgreSQL: the alias ends on the best gate-passing version, as the rule applied to all
+    versions says, and every version's recorded reason agrees with where the alias is."""
+    import random
+
+    from mlflow.tracking import MlflowClient
+
+    tmp, stack_env, state, _ = stack
+    exports = _stack(stack_env, "env").stdout
+    env = dict(os.environ, **dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines()),
+               PYTHONPATH=str(ROOT))
+    rng = random.Random(0)
+    # Per round and exporter: a distinct fcd, and one exporter in four failing the gate.
+    plan = [[(f"race-{r}", rng.uniform(1, 50), rng.random() > 0.25) for r in range(ROUNDS)] for _ in range(EXPORTERS)]
+    go = str(tmp_path / "go")
+    procs = []
+    for e in range(EXPORTERS):
+        clone = tmp_path / f"clone-{e}"  # its own folder: no lock file is shared
+        clone.mkdir()
+        procs.append(subprocess.Popen([sys.executable, "-c", PROMOTER, go, json.dumps(plan[e])], cwd=clone,
+                                      env=dict(env, BENTOML_HOME=str(clone / "bentoml")), text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        for r in range(ROUNDS):
+            for proc in procs:
+                line = proc.stdout.readline()
+                while line.startswith("{"):  # the decision of the round before
+                    line = proc.stdout.readline()
+                assert line == "ready\n", (line, proc.poll())
+            Path(f"{go}-{r}").touch()
+        done = [proc.communicate(timeout=300) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [proc.returncode for proc in procs] == [0] * EXPORTERS, [err[-2000:] for _, err in done]
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    for r in range(ROUNDS):
+        name = f"race-{r}"
+        versions = {v.version: v for v in client.search_model_versions(f"name='{name}'")}
+        assert len(versions) == EXPORTERS
+        fcd = {k: float(v.tags["fcd"]) for k, v in versions.items()}
+        passed = [k for k, v in versions.items() if v.tags["quality_gate_passed"] == "True"]
+        aliases = client.get_registered_model(name).aliases
+        if not passed:
+            assert "champion" not in aliases
+            continue
+        best = min(passed, key=fcd.get)
+        assert aliases["champion"] == best, (r, aliases, fcd, passed)
+        for k, v in versions.items():
+            reason = v.tags["promotion"]
+            if k not in passed:
+                assert reason.startswith("did not pass the quality gate"), reason
+            elif k == best:  # promoted, and no one took the alias from it
+                assert "superseded_by" not in v.tags and not reason.startswith(("did not", "ties", "fcd "
+                                                                               f"{fcd[k]:.6g} >")), reason
+            elif "superseded_by" in v.tags:  # was champion until a better one came
+                assert fcd[v.tags["superseded_by"]] < fcd[k]
+            else:  # compared with a better champion and lost
+                assert reason.startswith(f"fcd {fcd[k]:.6g} >"), reason
+    # No lock is left behind.
+    assert not [m.name for m in client.search_registered_models() if m.name.endswith(".promotion-lock")]
+
+
 OUTPUTS = ["data/prepared/mnist.npz", "models/generator.keras", "models/judge.keras", "export/model_card.json",
            "reports/data.json", "reports/train/run.json"]
 
@@ -175,22 +268,50 @@ def test_dvc_folder_remote_round_trip(team_run):
     assert any(folder.rglob("*")) and "endpointurl" not in (project / ".dvc/config").read_text()
 
 
-def test_down_stops_everything(stack, tmp_path):
+def _closed(*ports) -> bool:
+    import socket
+
+    for port in ports:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", int(port))) == 0:
+                return False
+    return True
+
+
+def test_down_stops_everything_and_a_failed_up_leaves_nothing_running(stack, tmp_path):
+    import socket
+
     _, env, state, _ = stack
     # A stack of its own, so the module's stays up for the tests above.
     own = dict(env, STACK_DIR=str(tmp_path / "own"), STACK_PG_PORT=str(free_port()),
                STACK_S3_PORT=str(free_port()), STACK_MLFLOW_PORT=str(free_port()))
+    ports = (own["STACK_PG_PORT"], own["STACK_S3_PORT"], own["STACK_MLFLOW_PORT"])
+    stack_py = [sys.executable, str(ROOT / "ops/stack.py")]
+
+    # The object store's port is taken: up fails there, and stops the PostgreSQL it started.
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", int(own["STACK_S3_PORT"])))
+        squatter.listen()
+        failed = subprocess.run(stack_py + ["up"], env=own, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1 and f"port {own['STACK_S3_PORT']} is taken" in failed.stderr, failed.stderr
+    assert "stopped PostgreSQL" in failed.stderr and _closed(*ports)
+
     _stack(own, "up")
     said = _stack(own, "down").stdout
     assert "stopped mlflow server" in said and "stopped the object store" in said and "stopped PostgreSQL" in said
-    import socket
-
-    for port in (own["STACK_PG_PORT"], own["STACK_S3_PORT"], own["STACK_MLFLOW_PORT"]):
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", int(port))) != 0, port
-    status = subprocess.run([sys.executable, str(ROOT / "ops/stack.py"), "status"], env=own, capture_output=True, text=True)
+    assert _closed(*ports)
+    status = subprocess.run(stack_py + ["status"], env=own, capture_output=True, text=True)
     assert status.returncode == 1 and "down" in status.stdout
-    _stack(own, "down", "--purge")
+
+    # The stack's folder is gone (a deleted clone), its cluster is not: one line, nothing started.
+    pg_data = Path(json.loads((tmp_path / "own/stack.json").read_text())["pg_data"])
+    (tmp_path / "own/stack.json").unlink()
+    orphan = subprocess.run(stack_py + ["up"], env=own, capture_output=True, text=True, timeout=300)
+    assert orphan.returncode == 1 and orphan.stderr.count("\n") == 1, orphan.stderr
+    assert "whose password went" in orphan.stderr and "make stack-down PURGE=1" in orphan.stderr
+    assert "Traceback" not in orphan.stderr and _closed(*ports)
+    purged = _stack(own, "down", "--purge").stdout
+    assert "deleted the database" in purged and not pg_data.exists()
 
 
 def test_make_serve_on_another_machine_fetches_the_champion(team_run, tmp_path):
