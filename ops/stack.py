@@ -8,7 +8,8 @@
 
     python ops/stack.py up      # start what is not running; print the URLs
     python ops/stack.py env     # the shell exports that point a client at it (make -s stack-env)
-    python ops/stack.py down    # stop all three (the database stays on disk; --purge deletes it)
+    python ops/stack.py down    # stop all three (the database stays on disk; --purge deletes it,
+                                # also a cluster whose stack.json is gone)
 
 Everything lives in STACK_DIR (default `.stack/`): the database cluster, logs,
 pids and `stack.json`. Ports: STACK_PG_PORT, STACK_S3_PORT, STACK_MLFLOW_PORT.
@@ -166,6 +167,12 @@ def start_postgres(cfg: dict, state: dict) -> str:
         finally:
             os.unlink(pwfile)
         did = f"created a database cluster in {data}"
+    elif "pg_password" not in state:
+        # Made by a stack whose stack.json is gone (a deleted clone, as root the cluster lives
+        # in the postgres user's home): its password is lost with it.
+        raise StackError(f"the database cluster in {data} was made by an earlier stack whose password went "
+                         f"with its {cfg['dir'] / 'stack.json'}; `make stack-down PURGE=1` deletes that cluster "
+                         "(and its runs), then `make stack` makes a new one")
     else:
         did = f"reused the database cluster in {data}"
     state["pg_data"], state["pg_port"] = str(data), cfg["pg_port"]
@@ -294,11 +301,17 @@ def exports(state: dict) -> str:
 
 
 def up(cfg: dict) -> dict:
+    """Starts what is not running; if a part fails to start, stops what this call started."""
     cfg["dir"].mkdir(parents=True, exist_ok=True)
     state = _state(cfg)
+    was = {"postgres": bool(state.get("pg_data")) and _pg_running(_as_pg_user(), Path(state["pg_data"])),
+           "s3": _alive(state.get("s3_pid")), "mlflow": _alive(state.get("mlflow_pid"))}
     try:
         for start in (start_postgres, start_s3, start_mlflow):
             print(start(cfg, state), flush=True)
+    except BaseException:
+        _undo(state, was)
+        raise
     finally:
         _save(cfg, state)
     print(f"state, logs: {cfg['dir']}")
@@ -307,8 +320,20 @@ def up(cfg: dict) -> dict:
     return state
 
 
+def _undo(state: dict, was: dict) -> None:
+    """Stops the parts that were not running before a failed `up`."""
+    if not was["mlflow"] and state.get("mlflow_pid"):
+        print(_stop_group(state.pop("mlflow_pid"), "mlflow server"), file=sys.stderr)
+    if not was["s3"] and state.get("s3_pid"):
+        print(_stop_group(state.pop("s3_pid"), "the object store"), file=sys.stderr)
+    if not was["postgres"] and state.get("pg_data"):
+        print(stop_postgres(state), file=sys.stderr)
+
+
 def down(cfg: dict, purge: bool = False) -> None:
     state = _state(cfg)
+    if not state.get("pg_data") and (_pg_data(cfg) / "PG_VERSION").is_file():
+        state["pg_data"] = str(_pg_data(cfg))  # a cluster whose stack.json is gone: still this STACK_DIR's
     if not state:
         print(f"no stack in {cfg['dir']}")
         return
