@@ -76,6 +76,31 @@ def champion(kind: str = "digits") -> tuple[str, dict]:
                            + ("; copied from the registry into this machine's BentoML store" if fetched else "")}
 
 
+def champion_now(name: str, served: str | None) -> dict:
+    """Where the alias of registered model `name` points now, for a server that loaded
+    version `served` (None: a version of no registered model): `version` (None: no
+    champion), `newer` (it names another version than the one served), or `error` when
+    the registry cannot be read. A read only: a running server keeps serving its version."""
+    uri = tracking_uri()
+    db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if db is not None and (not db.is_file() or db.stat().st_size == 0):
+        return {"version": None, "newer": False}
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        version = str(MlflowClient(uri).get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException as exc:
+        # No such model, or no alias on it: no champion. Anything else (an unreachable
+        # server) is said, and /info still answers.
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return {"version": None, "newer": False}
+        return {"version": None, "newer": False, "error": str(exc).splitlines()[0][:300]}
+    except Exception as exc:
+        return {"version": None, "newer": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return {"version": version, "newer": version != served}
+
+
 def _ensure_stored(tag: str, mv, name: str, how: str) -> bool:
     """Puts the champion into the local BentoML store, from the registered
     version's files (the SavedModel) and its run's model card, unless the

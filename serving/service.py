@@ -15,6 +15,7 @@ card are the contract.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
 import os
@@ -77,6 +78,9 @@ try:
 except (selection.NoChampion, ValueError) as exc:  # ValueError: MNIST_GAN_KIND is no kind
     raise BentoMLException(str(exc)) from None
 MODEL = bentoml.models.BentoModel(MODEL_TAG)
+# /info asks the registry off the request's thread, so that a slow tracking server bounds its wait.
+_REGISTRY = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="registry")
+REGISTRY_SECONDS = 5
 TAG, MODEL_PATH, CARD = _load_card(MODEL)
 Z_DIM = int(CARD["z_dim"])
 # (28, 28) digits; (28, 28, 3) for a generator of Stacked MNIST's three stacked digits.
@@ -374,6 +378,15 @@ class Generator:
         if "verdict" in CARD:
             card["verdict"] = CARD["verdict"]
         card["bounds"] = {"z_abs_max": Z_BOUND, "max_batch": MAX_BATCH, "max_body_bytes": LIMITS_BYTES}
+        registered = CARD.get("registered_model") or {}
+        if registered.get("name"):
+            # This server keeps the version it loaded; the registry says whether another is champion now.
+            job = _REGISTRY.submit(selection.champion_now, registered["name"], registered.get("version"))
+            try:
+                card["champion_now"] = job.result(timeout=REGISTRY_SECONDS)
+            except concurrent.futures.TimeoutError:
+                card["champion_now"] = {"version": None, "newer": False,
+                                        "error": f"the registry did not answer in {REGISTRY_SECONDS} s"}
         return card
 
     @page.get("/ui")

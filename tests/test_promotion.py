@@ -219,13 +219,23 @@ def test_selection_names_the_champion(sequence, tmp_path):
 def test_service_serves_the_champion_by_default(sequence, tmp_path):
     _, env, seen = sequence
     assert "MNIST_GAN_MODEL" not in env
-    server = Served(tmp_path, env)
-    try:
-        server.wait_ready()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    with Served(tmp_path, env) as server:
         info = requests.get(f"{server.url}/info", timeout=30).json()
         r = requests.post(f"{server.url}/render", json={"z": [0.3] * 8}, timeout=30)
-    finally:
-        server.stop()
+        # The champion moves while it serves: it keeps its version, and says a newer one exists.
+        client.set_registered_model_alias(NAME, "champion", "2")
+        try:
+            moved = requests.get(f"{server.url}/info", timeout=30).json()
+            again = requests.post(f"{server.url}/render", json={"z": [0.3] * 8}, timeout=30)
+        finally:
+            client.set_registered_model_alias(NAME, "champion", "4")
+    assert info["champion_now"] == {"version": "4", "newer": False}
+    assert moved["champion_now"] == {"version": "2", "newer": True}
+    assert moved["registered_model"] == info["registered_model"] and moved["tag"] == info["tag"]
+    assert again.status_code == 200 and again.content == r.content
     sel = info["selected"]
     assert sel["by"] == "champion" and sel["version"] == "4" and sel["registered_model"] == NAME, sel
     assert seen[3]["run_tags"]["promotion.reason"] in sel["reason"]
