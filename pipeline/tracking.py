@@ -273,13 +273,39 @@ class Run:
 
 @contextlib.contextmanager
 def _lifecycle(run: Run) -> Iterator[Run]:
-    """FINISHED on success; FAILED on any exception, Ctrl-C and SIGTERM included."""
+    """FINISHED on success; FAILED on any exception, Ctrl-C and SIGTERM included. A
+    tracking server lost for longer than MLflow's retries wait (a few minutes) cannot be
+    told FAILED: the run stays RUNNING, and the stage stops in one line."""
     try:
         yield run
-    except BaseException:
-        client().set_terminated(run.run_id, "FAILED")
+    except BaseException as exc:
+        lost = _lost_server(exc)
+        try:
+            client().set_terminated(run.run_id, "FAILED")
+        except Exception:
+            if lost is None:
+                raise
+        if lost is not None:
+            raise StageError(
+                f"lost the MLflow tracking server at {redact(tracking_uri())} (MLFLOW_TRACKING_URI) through "
+                f"MLflow's retries: {lost}; run {run.name} stays RUNNING: run the stage again once the server "
+                "answers (train resumes from its last checkpoint into the same run)") from None
         raise
     client().set_terminated(run.run_id, "FINISHED")
+
+
+def _lost_server(exc: BaseException) -> str | None:
+    """Why the tracking server did not answer, if that is what `exc` (or its cause) says."""
+    import requests
+
+    seen = exc
+    while seen is not None:
+        text = str(seen)
+        if isinstance(seen, requests.exceptions.ConnectionError) or "Max retries exceeded" in text:
+            reason = text.rsplit("Caused by ", 1)[-1] if "Caused by " in text else text
+            return " ".join(reason.split())[:200]
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @contextlib.contextmanager

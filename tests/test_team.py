@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,129 @@ def test_concurrent_exporters_leave_the_best_version_champion(stack, tmp_path):
                 assert reason.startswith(f"fcd {fcd[k]:.6g} >"), reason
     # No lock is left behind.
     assert not [m.name for m in client.search_registered_models() if m.name.endswith(".promotion-lock")]
+
+
+# train.main that holds at GATE_STEP (its metrics so far sent) until GO_FILE exists.
+HELD = """
+import os, sys, time
+import keras
+from pipeline import errors, train
+
+class Gate(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.g_optimizer.iterations.numpy()) == int(os.environ["GATE_STEP"]):
+            open(os.environ["GATE_FILE"], "w").close()
+            while not os.path.exists(os.environ["GO_FILE"]):
+                time.sleep(0.05)
+
+fit = train.fit
+train.fit = lambda *a, **k: fit(*a, extra_callbacks=[Gate()], **k)
+errors.run_stage(train.main, sys.argv[1:])
+"""
+OUTAGE_STEPS, OUTAGE_AT, OUTAGE_SECONDS = 30, 10, 10
+
+
+def _stop_mlflow(state: dict) -> None:
+    os.killpg(state["mlflow_pid"], 9)  # as a crash or a host restart would
+
+
+def _stop_postgres(state: dict) -> None:
+    from ops import stack as ops_stack
+
+    ops_stack.stop_postgres(state)
+
+
+def _held_training(d: Path, state: dict, **extra) -> subprocess.Popen:
+    """The train stage against the stack's server, held at step OUTAGE_AT until d/go exists."""
+    from defaults import params_yaml
+    from test_train import tiny_data, train_cmd
+
+    tiny_data(d)
+    (d / "params.yaml").write_text(params_yaml(train=dict(
+        arch="mlp", steps=OUTAGE_STEPS, batch_size=8, z_dim=16, virtual_labels=0, log_every=5, sample_every=15,
+        checkpoint_every=5, jit_compile=False)))
+    env = dict(os.environ, MLFLOW_TRACKING_URI=state["mlflow_url"], TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT),
+               GATE_STEP=str(OUTAGE_AT), GATE_FILE=str(d / "gate"), GO_FILE=str(d / "go"), **extra)
+    proc = subprocess.Popen([sys.executable, "-c", HELD, *train_cmd(d)[3:]], cwd=d, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (d / "gate").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(proc.communicate()[1][-3000:])
+        time.sleep(0.05)
+    return proc
+
+
+def _every_step_once(d: Path, url: str) -> str:
+    """The run's id, once it is FINISHED with every step's losses exactly once."""
+    from mlflow.tracking import MlflowClient
+    from test_train import losses_csv
+
+    run_id = json.loads((d / "reports/run.json").read_text())["run_id"]
+    client = MlflowClient(url)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    steps = list(range(1, OUTAGE_STEPS + 1))
+    assert [int(r["step"]) for r in losses_csv(d)] == steps
+    for key in ("d_loss", "g_loss"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == steps, key
+    grids = {a.path for a in client.list_artifacts(run_id, "samples")}
+    assert {"samples/step_000015.png", "samples/step_000030.png"} <= grids, grids
+    return run_id
+
+
+@pytest.mark.parametrize("stop", [_stop_mlflow, _stop_postgres], ids=["mlflow-server", "postgresql"])
+def test_a_tracking_outage_during_training_loses_no_step(stack, tmp_path, stop):
+    """The server (or its database) goes away at step 10 of 30 and comes back 10 s later:
+    training waits on MLflow's retries, and the run ends FINISHED with every step once."""
+    _, stack_env, _, _ = stack
+    state = json.loads((Path(stack_env["STACK_DIR"]) / "stack.json").read_text())
+    proc = _held_training(tmp_path, state)
+    try:
+        stop(state)
+        (tmp_path / "go").touch()  # training goes on, into the outage
+        time.sleep(OUTAGE_SECONDS)
+        _stack(stack_env, "up")
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    _every_step_once(tmp_path, state["mlflow_url"])
+
+
+def test_an_outage_longer_than_the_retries_stops_in_one_line_and_resumes_the_same_run(stack, tmp_path):
+    """MLflow's retries cut to none, so that the outage outlasts them: the stage stops in
+    one line naming the server, keeps its checkpoint, and the next run resumes into the
+    same MLflow run with every step once."""
+    from test_train import train_cmd
+
+    _, stack_env, _, _ = stack
+    state = json.loads((Path(stack_env["STACK_DIR"]) / "stack.json").read_text())
+    proc = _held_training(tmp_path, state, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    try:
+        _stop_mlflow(state)
+        (tmp_path / "go").touch()
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    assert f"lost the MLflow tracking server at {state['mlflow_url']}" in errors[0]
+    assert "stays RUNNING" in errors[0] and "run the stage again" in errors[0]
+    meta = json.loads((tmp_path / "models/checkpoints/meta.json").read_text())
+    assert meta["step"] == OUTAGE_AT and not meta["complete"]
+
+    _stack(stack_env, "up")
+    env = dict(os.environ, MLFLOW_TRACKING_URI=state["mlflow_url"], TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    again = subprocess.run(train_cmd(tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming MLflow run" in again.stdout and f"from step {OUTAGE_AT}" in again.stdout, again.stdout
+    assert _every_step_once(tmp_path, state["mlflow_url"]) == meta["run_id"]
 
 
 OUTPUTS = ["data/prepared/mnist.npz", "models/generator.keras", "models/judge.keras", "export/model_card.json",
