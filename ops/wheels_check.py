@@ -7,9 +7,10 @@ for each Python that `requires-python` admits, without running that Python.
    which names every distribution it would install.
 2. A distribution published only as an sdist is built here into a wheel; it
    must come out pure Python (`py3-none-any`), which installs on any Python 3.
-3. For each version asked for, `pip install --dry-run --only-binary=:all:
+3. For each other version asked for, `pip install --dry-run --only-binary=:all:
    --python-version V` resolves the set from wheels alone, with those
-   pure-Python wheels offered through `--find-links`.
+   pure-Python wheels offered through `--find-links`. For this Python's own
+   version, steps 1 and 2 already prove it.
 
 pip reads the user's configuration (indexes, find-links) as for any install.
 Resolution fetches metadata, not the wheels. Exit status 1 names what fails.
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         links = ["--find-links", str(wheels)] if wheels.exists() else []
 
         def check(v: str) -> tuple[bool, str]:
+            if v == f"{sys.version_info.major}.{sys.version_info.minor}":
+                # This Python's resolution is the one above: its sdists build pure-Python wheels.
+                return True, f"Python {v}: all {len(here)} distributions resolve to wheels (this Python)"
             try:
                 got = _resolve(tmp / "requirements.txt", tmp / f"py{v}.json", "--only-binary=:all:",
                                "--python-version", v, *links)
