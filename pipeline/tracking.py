@@ -482,7 +482,8 @@ def registry_lock(name: str = REGISTERED_MODEL) -> Iterator[None]:
                 "breaks it."))
             break
         except MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            # Held; or released while the store told us so (it then finds no such model).
+            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         _break_if_stale(lock)
         if time.monotonic() > deadline:
