@@ -62,7 +62,7 @@ def curve(params_path: Path, data: Path, judge_path: Path, every: int, out: Path
 
     def score(step: int) -> None:
         t0 = time.perf_counter()
-        sampler = standing_statistics(float32_copy(gan.sampler), p.seed)
+        sampler = standing_statistics(float32_copy(gan.sampler), p.seed, p.standing_samples)
         gen = evaluate.sample(sampler, ep.num_samples, ep.seed)
         m = evaluate.score(gen, real, labels, ds.x_train, judge, ep).metrics
         images.save_png(images.grid(gen[:64], cols=8), out.parent / f"samples_{step:06d}.png", scale=2)

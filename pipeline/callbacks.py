@@ -12,7 +12,6 @@ import numpy as np
 
 from pipeline import images
 
-GRID_STANDING_SAMPLES = 1024  # draws of z for the sample grids' standing statistics
 
 
 def global_step(model) -> int:
@@ -89,11 +88,13 @@ class SampleGrid(keras.callbacks.Callback):
     samples as `step_NNNNNN.png` in `out_dir`, logged to MLflow under `samples/`,
     and the collapse watch: mean pairwise L1 over all fixed-z samples. The
     samples come from the generator as it would be saved at that step: the
-    weight average with standing BatchNorm statistics (over fewer draws)."""
+    weight average with standing BatchNorm statistics over `standing_samples` draws."""
 
-    def __init__(self, z: np.ndarray, every: int, out_dir: str | Path, run, digits: np.ndarray | None = None):
+    def __init__(self, z: np.ndarray, every: int, out_dir: str | Path, run, standing_samples: int,
+                 digits: np.ndarray | None = None):
         super().__init__()
         self.z, self.every, self.out_dir, self.run = z, every, Path(out_dir), run
+        self.standing_samples = standing_samples
         self.digits = digits  # a conditional generator's digit beside each z
         self.last = -1
 
@@ -113,9 +114,8 @@ class SampleGrid(keras.callbacks.Callback):
         from pipeline.gan import float32_copy, standing_statistics
         from pipeline.models import generate
 
-        # Fewer draws than the saved model's: a grid is a glance, and it is drawn often.
         sampler = standing_statistics(float32_copy(self.model.sampler), self.model.noise_seed,
-                                      samples=GRID_STANDING_SAMPLES)
+                                      samples=self.standing_samples)
         pixels = images.to_uint8(generate(sampler, self.z, self.digits))
         path = self.out_dir / f"step_{step:06d}.png"
         images.save_png(images.grid(pixels[:16], cols=4), path, scale=2)

@@ -154,7 +154,8 @@ def fit(gan, p: params.TrainParams, x: np.ndarray, *, y: np.ndarray | None = Non
     history = cb.History(p.log_every, p.oscillation_window, run, rows, logged_through)
     cbs = [guard, history]
     if samples is not None:
-        cbs.append(cb.SampleGrid(fixed_z(p), p.sample_every, samples, run, digits=fixed_digits(p)))
+        cbs.append(cb.SampleGrid(fixed_z(p), p.sample_every, samples, run, p.standing_samples,
+                                   digits=fixed_digits(p)))
     if state is not None:
         cbs.append(cb.Checkpoint(state, p.checkpoint_every, history, guard))
     if verbose is None:
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.gan import float32_copy, standing_statistics
 
         with atomic.atomic_path(args.model) as tmp:
-            standing_statistics(float32_copy(gan.sampler), p.seed).save(tmp)
+            standing_statistics(float32_copy(gan.sampler), p.seed, p.standing_samples).save(tmp)
         atomic.write_json(args.run_file, {**run.record(), "params": flat})
         state.mark_complete()
     print(f"train: {p.steps} steps of {p.arch}/{p.loss}; generator -> {args.model}")

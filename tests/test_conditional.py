@@ -22,7 +22,7 @@ CONDITIONS = [c for c in archs.CONDITIONS if c != "none"]
 
 def small(**changes):
     return train_params(**SMALL, z_dim=8, virtual_labels=0, jit_compile=False, sample_every=1000,
-                        checkpoint_every=1000, **changes)
+                        checkpoint_every=1000, standing_samples=64, **changes)
 
 
 def labelled_digits(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STEPS = 6
 TINY = dict(prepare={"limit": 300},
             train={"steps": STEPS, "batch_size": 32, "sample_every": 3, "log_every": 4, "z_dim": 24,
-                   "virtual_labels": 8,
+                   "virtual_labels": 8, "standing_samples": 64,
                    "checkpoint_every": 3, "jit_compile": False},
             judge={"epochs": 1, "width": 4, "feature_dim": 16},
             evaluate={"num_samples": 64})

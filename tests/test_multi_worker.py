@@ -27,7 +27,7 @@ STEPS, STOP = 6, 3
 
 def params_text(steps: int, strategy: str) -> str:
     return params_yaml(train=dict(arch="mlp", loss="wgan-gp", steps=steps, batch_size=8, z_dim=8, virtual_labels=0,
-                                  seed=5, sample_every=3, log_every=1, checkpoint_every=3, jit_compile=False, ema=0.9,
+                                  seed=5, sample_every=3, log_every=1, checkpoint_every=3, jit_compile=False, ema=0.9, standing_samples=64,
                                   strategy=strategy))
 # Float32 sums in another order: one device reduces each loss, gradient and BatchNorm
 # moment over the 8 rows at once, two workers over their 4 rows each and then all-reduce

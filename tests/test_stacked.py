@@ -152,7 +152,7 @@ def test_a_packed_gan_trains_on_stacked_images(arch, loss):
     D has no batch statistics, dcgan; in two where it has, dcgan_paper)."""
     from pipeline import train
 
-    p = train_params(arch=arch, loss=loss, z_dim=8, virtual_labels=0, batch_size=8, pack=2, steps=2, jit_compile=False,
+    p = train_params(arch=arch, loss=loss, z_dim=8, virtual_labels=0, batch_size=8, pack=2, steps=2, jit_compile=False, standing_samples=64,
                     dcgan={"g_filters": [8, 4, 1], "g_strides": [2, 2, 1], "d_filters": [8, 8],
                            "d_strides": [2, 2], "kernel_size": 3},
                     dcgan_paper={"gf": 4, "df": 4}, mlp={"g_units": [16], "d_units": [16]})

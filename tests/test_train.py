@@ -67,7 +67,7 @@ def test_every_arch_and_loss_trains(tmp_path, arch):
     x = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
     for loss in losses.NAMES:
         p = train_params(arch=arch, loss=loss, steps=2, batch_size=4, z_dim=8, sample_every=2, jit_compile=False,
-                         virtual_labels=0, **SMALL)
+                         virtual_labels=0, standing_samples=64, **SMALL)
         history = train.fit(train.build(p), p, x, samples=tmp_path / loss, verbose=0)
         assert [r["step"] for r in history.rows] == [1, 2], loss
         last = history.rows[-1]
@@ -100,15 +100,15 @@ def test_ema_generator_averages_weights_and_is_what_samples(tmp_path, jit):
 def test_sample_grid_shows_the_generator_as_it_would_be_saved(tmp_path):
     from PIL import Image
 
-    from pipeline import callbacks, images, train
+    from pipeline import images, train
     from pipeline.gan import standing_statistics
 
-    p = train_params(arch="mlp", steps=3, batch_size=8, z_dim=8, ema=0.9, sample_every=3, jit_compile=False,
+    p = train_params(arch="mlp", steps=3, batch_size=8, z_dim=8, ema=0.9, sample_every=3, jit_compile=False, standing_samples=64,
                      virtual_labels=0)
     gan = train.build(p)
     train.fit(gan, p, rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), samples=tmp_path / "samples", verbose=0)
     z = train.fixed_z(p)
-    settled = standing_statistics(gan.sampler, p.seed, samples=callbacks.GRID_STANDING_SAMPLES)
+    settled = standing_statistics(gan.sampler, p.seed, samples=p.standing_samples)
     want = images.to_uint8(settled(z, training=False).numpy())[:16]
     running = images.to_uint8(gan.sampler(z, training=False).numpy())[:16]
     assert not np.array_equal(want, running)  # the moving statistics would show something else

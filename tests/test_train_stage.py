@@ -31,7 +31,7 @@ def test_mirrored_strategy_trains_on_two_cpu_devices(tmp_path, arch, loss):
     tiny_data(tmp_path)
     (tmp_path / "params.yaml").write_text(params_yaml(train=dict(
         arch=arch, loss=loss, strategy="mirrored", steps=4, batch_size=8, z_dim=8, virtual_labels=0, sample_every=2,
-        log_every=1, checkpoint_every=2)))
+        log_every=1, checkpoint_every=2, standing_samples=64)))
     done = subprocess.run([sys.executable, "-c", TWO_CPUS, *train_cmd(tmp_path)[3:]],
                           capture_output=True, text=True, env=env_for(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -63,7 +63,7 @@ def test_failure_marks_mlflow_run_failed_and_writes_nothing(tmp_path):
 
 def resume_params(precision: str = "float32", steps: int = 120) -> str:
     return params_yaml(train=dict(arch="mlp", steps=steps, batch_size=8, z_dim=16, virtual_labels=0, seed=3,
-                                  sample_every=40, log_every=7, checkpoint_every=10, jit_compile=False, ema=0.99,
+                                  sample_every=40, log_every=7, checkpoint_every=10, jit_compile=False, ema=0.99, standing_samples=64,
                                   precision=precision))
 
 
