@@ -136,7 +136,7 @@ compare: install
 	$(BIN)/python -m pipeline.compare $(if $(RUNS),--runs $(RUNS))
 
 # A tracking server on PostgreSQL and an S3-compatible store (moto), on loopback
-# (ops/stack.py; docs/team.md). stack-down stops it; the database stays unless PURGE=1.
+# (ops/stack.py; docs/team.md). stack-down stops it; the database and the objects stay unless PURGE=1.
 stack: install
 	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES=postgresql
 	@$(BIN)/python -c "import psycopg2, boto3, moto" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[stack]"

@@ -1,22 +1,24 @@
 """A team's tracking stack on this machine, from the engines teams run:
 
 - PostgreSQL (Debian's `postgresql`): MLflow's backend store;
-- an S3-compatible object store (`moto` in server mode, standing in for S3 or
-  MinIO): MLflow's artifacts and a DVC remote;
+- an S3-compatible object store (`moto`'s S3 server, standing in for S3 or
+  MinIO, with its objects kept on disk by ops/s3_store.py): MLflow's artifacts
+  and a DVC remote;
 - `mlflow server` on that database and that bucket, proxying the artifacts, so
   that clients need only its URL.
 
     python ops/stack.py up      # start what is not running; print the URLs
     python ops/stack.py env     # the shell exports that point a client at it (make -s stack-env)
-    python ops/stack.py down    # stop all three (the database stays on disk; --purge deletes it,
-                                # also a cluster whose stack.json is gone)
+    python ops/stack.py down    # stop all three (the database and the objects stay on disk; --purge
+                                # deletes them, also a cluster whose stack.json is gone)
 
-Everything lives in STACK_DIR (default `.stack/`): the database cluster, logs,
-pids and `stack.json`. Ports: STACK_PG_PORT, STACK_S3_PORT, STACK_MLFLOW_PORT.
-The database has a random password, kept in `stack.json` (mode 600), and
-listens on loopback only. moto keeps its objects in memory: they go with
-`down`. It stands in for a real store in tests; use S3 or MinIO for work
-(docs/team.md).
+Everything lives in STACK_DIR (default `.stack/`): the database cluster, the
+objects (`s3/`), logs, pids and `stack.json`. Ports: STACK_PG_PORT,
+STACK_S3_PORT, STACK_MLFLOW_PORT. The database has a random password, kept in
+`stack.json` (mode 600), and listens on loopback only. The objects are written
+to disk before the store answers, and loaded back at `up`: they stay across
+`down` and `up`, and a killed store loses none that a client was told were
+stored (docs/team.md).
 
 PostgreSQL refuses to run as root; as root the cluster is run by the
 `postgres` user and lives in its home, under a name derived from STACK_DIR.
@@ -235,15 +237,22 @@ def start_s3(cfg: dict, state: dict) -> str:
     if _listening(cfg["s3_port"]):
         raise StackError(f"port {cfg['s3_port']} is taken by another program (set STACK_S3_PORT)")
     env = dict(os.environ, **S3_KEY)
-    proc = _spawn(cfg, "s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(cfg["s3_port"])], env)
+    objects = cfg["dir"] / "s3"
+    kept = sum(1 for _ in objects.glob("*/objects/*/*.json"))
+    proc = _spawn(cfg, "s3", [sys.executable, str(ROOT / "ops/s3_store.py"), "-H", "127.0.0.1",
+                              "-p", str(cfg["s3_port"]), "--dir", str(objects)], env)
     state["s3_pid"] = proc.pid
-    _wait("moto_server", lambda: _listening(cfg["s3_port"]), proc, cfg["dir"] / "s3.log")
+    _wait("the object store", lambda: _listening(cfg["s3_port"]), proc, cfg["dir"] / "s3.log")
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=state["s3_url"], aws_access_key_id=S3_KEY["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=S3_KEY["AWS_SECRET_ACCESS_KEY"], region_name=S3_KEY["AWS_DEFAULT_REGION"])
-    s3.create_bucket(Bucket=BUCKET)
-    return f"S3-compatible object store (moto) at {state['s3_url']}, bucket {BUCKET!r}"
+    try:
+        s3.create_bucket(Bucket=BUCKET)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass  # kept from before
+    return (f"S3-compatible object store (moto) at {state['s3_url']}, bucket {BUCKET!r}; "
+            f"objects kept in {objects} ({kept} from before)")
 
 
 def _healthy(url: str) -> bool:
@@ -338,7 +347,7 @@ def down(cfg: dict, purge: bool = False) -> None:
         print(f"no stack in {cfg['dir']}")
         return
     print(_stop_group(state.pop("mlflow_pid", None), "mlflow server"))
-    print(_stop_group(state.pop("s3_pid", None), "the object store (its objects were in memory)"))
+    print(_stop_group(state.pop("s3_pid", None), f"the object store (its objects stay in {cfg['dir'] / 's3'})"))
     print(stop_postgres(state))
     _save(cfg, state)
     if purge:
@@ -346,7 +355,7 @@ def down(cfg: dict, purge: bool = False) -> None:
             shutil.rmtree(state["pg_data"], ignore_errors=True)
             Path(state["pg_data"] + ".log").unlink(missing_ok=True)
         shutil.rmtree(cfg["dir"], ignore_errors=True)
-        print(f"deleted the database and {cfg['dir']}")
+        print(f"deleted the database, the stored objects and {cfg['dir']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -402,7 +403,60 @@ def _closed(*ports) -> bool:
     return True
 
 
-def test_down_stops_everything_and_a_failed_up_leaves_nothing_running(stack, tmp_path):
+# Over 8 MB: mlflow server sends it to the store in parts (a multipart upload), the kind that
+# moto's own recorder cannot replay into a new server.
+LARGE = 9 * 2**20
+
+
+def _client_env(stack_env: dict) -> dict:
+    """This environment pointed at the stack, as `eval "$(make -s stack-env)"` does, with dvc on PATH."""
+    exports = _stack(stack_env, "env").stdout
+    return dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                **dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines()))
+
+
+def _keep_an_artifact_and_a_dvc_object(stack_env: dict, d: Path) -> tuple[str, dict]:
+    """An MLflow run with a large and a small artifact, and a DVC repo that pushed a file
+    to the stack's bucket; (the run's id, the files' bytes by name)."""
+    from mlflow.tracking import MlflowClient
+
+    env = _client_env(stack_env)
+    files = {"large.bin": os.urandom(LARGE), "small.txt": b"kept across down and up"}
+    d.mkdir()
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run_id = client.create_run("0").info.run_id
+    for name in files:
+        client.log_artifact(run_id, str(d / name))
+    repo = d / "repo"
+    repo.mkdir()
+    (repo / "blob.bin").write_bytes(files["small.txt"])
+    for cmd in (["dvc", "init", "-q", "--no-scm"], ["dvc", "add", "-q", "blob.bin"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+    (repo / ".dvc/config").write_text(f"[core]\n    no_scm = True\n    remote = kept\n['remote \"kept\"']\n"
+                                      f"    url = s3://mnist-gan/dvc-kept\n    endpointurl = {env['AWS_ENDPOINT_URL']}\n")
+    push = subprocess.run(["dvc", "push"], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert push.returncode == 0 and "1 file pushed" in push.stdout, push.stdout + push.stderr
+    return run_id, files
+
+
+def _still_there(stack_env: dict, d: Path, run_id: str, files: dict) -> None:
+    from mlflow.tracking import MlflowClient
+
+    env = _client_env(stack_env)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    for name, data in files.items():
+        assert Path(client.download_artifacts(run_id, name, str(d / "back"))).read_bytes() == data, name
+    repo = d / "repo"
+    (repo / "blob.bin").unlink()
+    shutil.rmtree(repo / ".dvc/cache")
+    pull = subprocess.run(["dvc", "pull"], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert pull.returncode == 0, pull.stdout + pull.stderr
+    assert (repo / "blob.bin").read_bytes() == files["small.txt"]
+
+
+def test_down_keeps_the_objects_purge_wipes_them_and_a_failed_up_leaves_nothing_running(stack, tmp_path):
     import socket
 
     _, env, state, _ = stack
@@ -421,11 +475,18 @@ def test_down_stops_everything_and_a_failed_up_leaves_nothing_running(stack, tmp
     assert "stopped PostgreSQL" in failed.stderr and _closed(*ports)
 
     _stack(own, "up")
+    run_id, files = _keep_an_artifact_and_a_dvc_object(own, tmp_path / "kept")
     said = _stack(own, "down").stdout
     assert "stopped mlflow server" in said and "stopped the object store" in said and "stopped PostgreSQL" in said
     assert _closed(*ports)
     status = subprocess.run(stack_py + ["status"], env=own, capture_output=True, text=True)
     assert status.returncode == 1 and "down" in status.stdout
+
+    # Up again: the MLflow artifacts (the large one sent in parts) and the DVC object are back.
+    again = _stack(own, "up").stdout
+    assert "(0 from before)" not in again and "from before)" in again, again
+    _still_there(own, tmp_path / "kept", run_id, files)
+    _stack(own, "down")
 
     # The stack's folder is gone (a deleted clone), its cluster is not: one line, nothing started.
     pg_data = Path(json.loads((tmp_path / "own/stack.json").read_text())["pg_data"])
@@ -435,7 +496,8 @@ def test_down_stops_everything_and_a_failed_up_leaves_nothing_running(stack, tmp
     assert "whose password went" in orphan.stderr and "make stack-down PURGE=1" in orphan.stderr
     assert "Traceback" not in orphan.stderr and _closed(*ports)
     purged = _stack(own, "down", "--purge").stdout
-    assert "deleted the database" in purged and not pg_data.exists()
+    assert "deleted the database, the stored objects" in purged and not pg_data.exists()
+    assert not (tmp_path / "own").exists()  # the objects, the state and the logs
 
 
 def test_make_serve_on_another_machine_fetches_the_champion(team_run, tmp_path):
