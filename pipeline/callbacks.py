@@ -13,10 +13,10 @@ import numpy as np
 from pipeline import images
 
 
-
 def global_step(model) -> int:
-    # The G optimizer's iteration count is the global step (restored with checkpoints).
-    return int(model.g_optimizer.iterations.numpy())
+    # The GAN's own step counter (restored with checkpoints), not G's optimizer iterations,
+    # which advance train.g_steps times a step.
+    return int(model.step.numpy())
 
 
 def _log_metrics(run, points: list[tuple[str, float, int]]) -> None:

@@ -44,7 +44,7 @@ class TrainState:
         self.gan = gan
         self.fingerprint = fingerprint
         parts = dict(generator=gan.generator, discriminator=gan.discriminator,
-                     d_optimizer=gan.d_optimizer, g_optimizer=gan.g_optimizer)
+                     d_optimizer=gan.d_optimizer, g_optimizer=gan.g_optimizer, step=gan.step)
         if gan.ema_generator is not None:
             parts["ema_generator"] = gan.ema_generator
         self.ckpt = tf.train.Checkpoint(**parts)
@@ -67,7 +67,7 @@ class TrainState:
         latest = tf.train.latest_checkpoint(self.dir) if self.dir.is_dir() else None
         if latest and meta.get("fingerprint") == self.fingerprint and not meta.get("complete"):
             self.ckpt.restore(latest).assert_existing_objects_matched()
-            step = int(self.gan.g_optimizer.iterations.numpy())
+            step = int(self.gan.step.numpy())
             rows = [r for r in json.loads((self.dir / "history.json").read_text()) if r["step"] <= step]
             self.run_id = meta.get("run_id")
             if self.chief:

@@ -1,4 +1,4 @@
-"""The GAN as one keras.Model: `train_step` runs n_critic D updates, then one G update.
+"""The GAN as one keras.Model: `train_step` runs n_critic D updates, then g_steps G updates.
 
 It computes and returns per-step losses and diagnostics and has no side
 effects; callbacks log, sample and checkpoint. Randomness is stateless,
@@ -20,10 +20,10 @@ from pipeline.models import digit_input, inputs_for, z_dim_of
 
 
 # The stateless noise's seeds: each step owns NOISE_STRIDE consecutive seeds, one per
-# draw it makes (critic update i draws z and alpha, the generator's update draws z last).
-# They cannot overlap while 2 * n_critic < NOISE_STRIDE; GAN checks it.
+# draw it makes (critic update i draws z and alpha from the first ones, generator update j
+# draws z from the last ones down). They cannot overlap while 2 * n_critic + g_steps <=
+# NOISE_STRIDE; GAN checks it (params' bounds keep well inside it).
 NOISE_STRIDE = 64
-MAX_N_CRITIC = (NOISE_STRIDE - 1) // 2
 
 
 def critic_z(i: int) -> int:
@@ -34,17 +34,25 @@ def critic_alpha(i: int) -> int:
     return 2 * i + 1
 
 
-GENERATOR_Z = NOISE_STRIDE - 1
+def generator_z(j: int) -> int:
+    return NOISE_STRIDE - 1 - j
 
 
 class GAN(keras.Model):
     def __init__(self, generator: keras.Model, discriminator: keras.Model, *, z_dim: int, seed: int, loss: str,
-                 settings, ema: float):
+                 settings, ema: float, g_steps: int = 1):
         """`loss`: a name in losses.REGISTRY; `settings`: its params.LossParams (n_critic,
-        clip, gp_weight, r1_weight), applied as they are; `ema`: the weight average's decay."""
+        clip, gp_weight, r1_weight), applied as they are; `ema`: the weight average's decay;
+        `g_steps`: G updates per step (PacGAN's code takes 2)."""
         super().__init__()
-        if settings.n_critic > MAX_N_CRITIC:
-            raise ValueError(f"n_critic={settings.n_critic}: at most {MAX_N_CRITIC} (the step's noise seeds)")
+        if 2 * settings.n_critic + g_steps > NOISE_STRIDE:
+            raise ValueError(f"n_critic={settings.n_critic}, g_steps={g_steps}: 2 * n_critic + g_steps must be at "
+                             f"most {NOISE_STRIDE} (the step's noise seeds)")
+        self.g_steps = g_steps
+        # The step counter: the noise's key, the callbacks' step and the checkpoints' number.
+        # G's optimizer counts its own updates, g_steps a step.
+        self.step = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
+                                    aggregation="only_first_replica", name="step")
         self.generator = generator
         # An exponential moving average of G's weights (Yazici et al. 2019): what the
         # samples, the saved model and the export use when `ema` > 0. Training never reads it.
@@ -95,7 +103,7 @@ class GAN(keras.Model):
             avg.assign(decay * avg + (1.0 - decay) * tf.cast(w, avg.dtype))
 
     def _seed(self, purpose: int):
-        step = tf.cast(self.g_optimizer.iterations, tf.int32)
+        step = tf.cast(self.step, tf.int32)
         return tf.stack([tf.constant(self.noise_seed, tf.int32), step * NOISE_STRIDE + purpose])
 
     def _share(self, draw, n, purpose: int):
@@ -170,15 +178,17 @@ class GAN(keras.Model):
                 for v in d_vars:
                     v.assign(tf.clip_by_value(v, -self.clip, self.clip))
 
-        with tf.GradientTape() as tape:
-            fake_g, fake_g_digits = self._fake(batch, GENERATOR_Z)
-            fake_out_g = self._critic(fake_g_digits)(fake_g, training=True)
-            g_loss = self.gan_loss.g(fake_out_g)
-            scaled = g_loss * scale
-        g_grads = tape.gradient(scaled, g_vars)
-        self.g_optimizer.apply_gradients(zip(g_grads, g_vars))
-        if self.ema_generator is not None:
-            self._update_ema()
+        for j in range(self.g_steps):  # the last update's loss and gradients are reported
+            with tf.GradientTape() as tape:
+                fake_g, fake_g_digits = self._fake(batch, generator_z(j))
+                fake_out_g = self._critic(fake_g_digits)(fake_g, training=True)
+                g_loss = self.gan_loss.g(fake_out_g)
+                scaled = g_loss * scale
+            g_grads = tape.gradient(scaled, g_vars)
+            self.g_optimizer.apply_gradients(zip(g_grads, g_vars))
+            if self.ema_generator is not None:
+                self._update_ema()
+        self.step.assign_add(1)
 
         out = {"d_loss": d_loss, "g_loss": g_loss,
                "d_grad_norm": tf.linalg.global_norm(d_grads) / scale,

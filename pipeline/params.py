@@ -80,6 +80,7 @@ class _Train(Section):
     oscillation_window: int = Field(ge=2)
     jit_compile: Literal["auto", True, False]
     ema: float = Field(ge=0, lt=1)  # decay of the generator's weight average (0: none)
+    g_steps: int = Field(ge=1, le=8)  # G updates per step, after the loss's n_critic D updates
     standing_samples: int = Field(ge=16, le=1 << 20)  # draws of z for gan.standing_statistics
     # Any generator: z gains a one-hot code of the argmax of its first k components, times
     # virtual_scale (0: none, as the seeds; layers.VirtualLabel).

@@ -107,7 +107,7 @@ def build(p: params.TrainParams, precision: str | None = None, strategy=None, ch
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.synchronized = True
         gan = GAN(generator, discriminator, z_dim=p.z_dim, seed=p.seed, loss=p.loss, settings=p.loss_params,
-                  ema=p.ema)
+                  ema=p.ema, g_steps=p.g_steps)
         gan.compile(d_optimizer=_optimizer(o, o.d_lr), g_optimizer=_optimizer(o, o.g_lr),
                     jit_compile=p.use_jit(precision))
     return gan

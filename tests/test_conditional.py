@@ -65,7 +65,7 @@ def test_the_digits_asked_for_are_balanced_and_keyed_on_seed_and_step():
     assert np.array_equal(first, again._digits(40, 0).numpy())    # the same seed and step: the same digits
     assert not np.array_equal(first, other._digits(40, 0).numpy())
     assert not np.array_equal(first, gan._digits(40, 1).numpy())  # another draw of the step
-    gan.g_optimizer.iterations.assign(5)
+    gan.step.assign(5)
     assert not np.array_equal(first, gan._digits(40, 0).numpy())  # another step
 
 

@@ -1,5 +1,7 @@
 """The GAN's train step: the discriminator's joint pass over real and fake
 images is the same computation as two passes, and is used only where it is."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -27,6 +29,54 @@ def test_joint_discriminator_pass_matches_two_passes(arch, loss):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # The step changed the weights: the comparison above is not of two untouched models.
     assert not all(np.array_equal(a, b) for a, b in zip(w_joint, train.build(p).generator.get_weights()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["bce", "wgan-gp"])
+def test_g_steps_update_g_that_often_in_one_step_that_resumes_exactly(tmp_path, loss):
+    """train.g_steps: 2 (PacGAN's code) makes two G updates after the loss's D updates, each
+    on its own z, in one step: the step counter (noise key, history, checkpoints) counts
+    it once, G's optimizer twice; a run resumed from its checkpoint is the one that never
+    stopped."""
+    from pipeline.checkpoint import TrainState
+
+    x = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    p = train_params(arch="mlp", loss=loss, steps=6, batch_size=8, z_dim=8, ema=0.9, jit_compile=False,
+                     virtual_labels=0, g_steps=2, standing_samples=64)
+    straight = train.build(p)
+    rows = train.fit(straight, p, x, verbose=0).rows
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    n_critic = p.loss_params.n_critic
+    assert (int(straight.step.numpy()), int(straight.g_optimizer.iterations.numpy()),
+            int(straight.d_optimizer.iterations.numpy())) == (6, 12, 6 * n_critic)
+    once = train.build(p.model_copy(update={"g_steps": 1}))
+    train.fit(once, p.model_copy(update={"g_steps": 1}), x, verbose=0)
+    assert int(once.g_optimizer.iterations.numpy()) == 6
+    assert not all(np.array_equal(a, b) for a, b in zip(once.generator.get_weights(), straight.generator.get_weights()))
+
+    first = train.build(p)
+    state = TrainState(tmp_path, first, "f")
+    train.fit(first, p.model_copy(update={"steps": 4}), x, state=state, verbose=0)
+    state.save(4, [])
+    resumed = train.build(p)
+    start, _ = TrainState(tmp_path, resumed, "f").restore()
+    rest = train.fit(resumed, p, x, start=start, verbose=0).rows
+    assert start == 4 and [r["step"] for r in rest] == [5, 6]
+    assert [(r["d_loss"], r["g_loss"]) for r in rest] == [(r["d_loss"], r["g_loss"]) for r in rows[4:]]
+    assert all(np.array_equal(a, b) for a, b in zip(resumed.sampler.get_weights(), straight.sampler.get_weights()))
+
+
+def test_the_noise_seeds_of_one_step_never_overlap():
+    from pipeline import gan
+
+    for n_critic in range(1, 21):  # params' bounds: n_critic <= 20, g_steps <= 8
+        for g_steps in range(1, 9):
+            used = [gan.critic_z(i) for i in range(n_critic)] + [gan.critic_alpha(i) for i in range(n_critic)] + \
+                [gan.generator_z(j) for j in range(g_steps)]
+            assert len(set(used)) == len(used) and 0 <= min(used) and max(used) < gan.NOISE_STRIDE
+    too_many = SimpleNamespace(n_critic=29, clip=None, gp_weight=0.0, r1_weight=0.0)
+    with pytest.raises(ValueError, match=r"2 \* n_critic \+ g_steps must be at most 64"):
+        gan.GAN(None, None, z_dim=1, seed=0, loss="bce", settings=too_many, ema=0.0, g_steps=7)
 
 
 def test_joint_pass_only_without_batch_statistics_in_d():

@@ -52,7 +52,7 @@ from pipeline import errors, train
 
 class Probe(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.g_optimizer.iterations.numpy()) == int(os.environ.get("GATE_STEP", "-1")):
+        if int(self.model.step.numpy()) == int(os.environ.get("GATE_STEP", "-1")):
             open(os.environ["GATE_FILE"], "w").close()
             while True:
                 time.sleep(0.05)

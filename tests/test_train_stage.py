@@ -104,7 +104,7 @@ from pipeline import errors, train
 
 class Gate(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.g_optimizer.iterations.numpy()) == int(os.environ["GATE_STEP"]):
+        if int(self.model.step.numpy()) == int(os.environ["GATE_STEP"]):
             open(os.environ["GATE_FILE"], "w").close()
             while True:
                 time.sleep(0.05)
