@@ -6,6 +6,7 @@ result runs, beside the rows VEEGAN and PacGAN published.
     python bench/stacked.py --set train.steps=1000 --work /tmp/stacked
     python bench/stacked.py --table-only --work /tmp/stacked    # the table from the runs there
     python bench/stacked.py --table-only --tracking-uri http://tracking:5000
+    python bench/stacked.py --floor-only                        # the real-data floor alone
 
 Runs the pipeline's own stages as subprocesses (as bench/seeds.py does): prepare
 and judge once (or `--data`/`--judge` to reuse them), then per recipe and seed
@@ -19,6 +20,12 @@ mean ± std over the seeds, and the wall time of each run from its MLflow record
 (start to last logged training step; that to the run's end: evaluate). The
 table and the runs' lines go to docs/results/stacked.md too (`--results DIR`,
 `--no-results`).
+
+Its first row is the floor no generator can beat: uniform stacked *real* held-out
+images, `evaluate.num_samples` of them, drawn as a generator's samples are (fresh
+triples of held-out digits, one draw per seed) and scored by the same evaluation
+against the same held-out set. Its modes and KL are KL's sampling noise plus the
+judge's misreads. `--floor-only` makes that row alone (prepare and judge, no training).
 """
 from __future__ import annotations
 
@@ -51,16 +58,21 @@ PAPERS = (
     ("PacDCGAN2", 1000, 0.06, "PacGAN"),
 )
 ARCH_NAMES = {"dcgan_paper": "DCGAN"}
+# The floor's draws: streams of their own, apart from the training (prepare.stacked_seed)
+# and held-out (prepare.stacked_seed + 1) sets', so each is a new draw of real images.
+FLOOR_STREAM = 1_000_000
 
 
 def method(params: dict) -> str:
-    """A run's method as the papers name it: DCGAN, PacDCGAN2, or arch and loss spelled out."""
+    """A run's method as the papers name it: DCGAN, PacDCGAN2, or arch and loss spelled out;
+    with G's updates a step where more than one."""
     name = ARCH_NAMES.get(params.get("train.arch"), params.get("train.arch", "?"))
     loss = params.get("train.loss", "bce")
     if loss != "bce":
         name += f" ({loss})"
-    pack = int(params.get("train.pack", 1))
-    return f"Pac{name}{pack}" if pack > 1 else name
+    pack, g_steps = int(params.get("train.pack", 1)), int(params.get("train.g_steps", 1))
+    name = f"Pac{name}{pack}" if pack > 1 else name
+    return name + (f", {g_steps} G updates a step" if g_steps > 1 else "")
 
 
 def budget(params: dict) -> tuple[int, int, int, int]:
@@ -86,13 +98,42 @@ def mean_std(xs: list[float], digits: int) -> str:
     return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
 
 
-def table(runs: list[dict]) -> str:
-    """Our rows (from the result runs) and the papers' rows, as Markdown."""
+def floor(digits, pp, ep, judge, seeds: list[int]) -> list[dict]:
+    """Per seed, the evaluation's metrics for `evaluate.num_samples` (ep) uniform stacked
+    real held-out images in place of a generator's samples, with the seed and its
+    seconds. `digits`: the prepared digits (data.Mnist); pp: prepare params, stacked."""
+    from pipeline import data as data_mod, evaluate
+
+    if pp.dataset != "stacked":
+        raise SystemExit(f"the floor is Stacked MNIST's; prepare.dataset is {pp.dataset}")
+    held_out = data_mod.training_set(digits, pp)
+    real, labels = evaluate.real_subset(held_out.x_test, ep.num_samples, ep.seed, held_out.y_test)
+    rows = []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        drawn, _ = data_mod.stack(digits.x_test, digits.y_test, ep.num_samples, FLOOR_STREAM + seed)
+        m = evaluate.score(drawn, real, labels, held_out.x_train, judge, ep).metrics
+        rows.append({"seed": seed, "samples": ep.num_samples, "seconds": time.perf_counter() - t0,
+                     "modes_covered": m["modes_covered"], "class_kl": m["class_kl"]})
+    return rows
+
+
+def floor_row(rows: list[dict]) -> str:
+    modes, kls = [r["modes_covered"] for r in rows], [r["class_kl"] for r in rows]
+    return (f"| real held-out images (the floor) | this project | {rows[0]['samples']:,} samples, no training "
+            f"| {', '.join(str(r['seed']) for r in rows)} | {mean_std(modes, 1)} | {mean_std(kls, 3)} "
+            f"| {' / '.join(str(int(m)) for m in modes)} | – | – |")
+
+
+def table(runs: list[dict], floor_rows: list[dict] | None = None) -> str:
+    """The floor, our rows (from the result runs) and the papers' rows, as Markdown."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((method(r["params"]), budget(r["params"])), []).append(r)
     lines = ["| method | source | budget | seeds | modes (of 1,000) | KL | modes per seed | train s (median) "
              "| evaluate s (median) |", "|---|---|---|---|---:|---:|---|---:|---:|"]
+    if floor_rows:
+        lines.append(floor_row(floor_rows))
     for (name, (steps, batch, n_train, n_samples)), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: int(r["params"]["train.seed"]))
         modes = [r["metrics"]["modes_covered"] for r in rs]
@@ -117,7 +158,8 @@ def stacked_runs() -> list[dict]:
             and "modes_covered" in r["metrics"]]
 
 
-def run_all(args, work: Path, env: dict, say: results.Printout) -> None:
+def run_all(args, work: Path, env: dict, say: results.Printout) -> list[dict]:
+    """The recipes' runs (unless --floor-only) and the floor's rows."""
     from pipeline import tracking
 
     recipes = [(name, recipe_overrides(ROOT / "recipes" / f"{name}.yaml")) for name in args.recipes]
@@ -129,6 +171,15 @@ def run_all(args, work: Path, env: dict, say: results.Printout) -> None:
     (work / "params.yaml").write_text(params_with(recipes[0][1] + args.set))
     data, judge = args.data or work / "mnist.npz", args.judge or work / "judge.keras"
     shared_stages(work, data, judge, env)
+    from pipeline import classifier, data as data_mod
+
+    floor_rows = floor(data_mod.load_prepared(data), params.load("prepare", work / "params.yaml"),
+                       params.load("evaluate", work / "params.yaml"), classifier.load(judge), args.seeds)
+    for r in floor_rows:
+        say(f"floor seed {r['seed']}: {r['samples']:,} real held-out images, modes {r['modes_covered']}, "
+            f"KL {r['class_kl']:.4f} ({r['seconds']:.0f} s)")
+    if args.floor_only:
+        return floor_rows
     done = {r["run_id"] for r in tracking.result_runs()}
     for name, sets in recipes:
         for seed in args.seeds:
@@ -141,6 +192,7 @@ def run_all(args, work: Path, env: dict, say: results.Printout) -> None:
             t, e, m = train_and_evaluate(d, data, judge, env)
             say(f"{name} seed {seed}: train {t:.0f} s, evaluate {e:.0f} s, modes {m['modes_covered']}, "
                 f"KL {m['class_kl']:.3f}")
+    return floor_rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     ap.add_argument("--tracking-uri", help="the MLflow store (default: <work>/mlflow.db)")
     ap.add_argument("--table-only", action="store_true", help="print the table from the store's runs; run nothing")
+    ap.add_argument("--floor-only", action="store_true", help="prepare, judge and the floor's row; train nothing")
     results.add_arguments(ap)
     args = ap.parse_args(argv)
 
@@ -164,15 +217,16 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT), "DVC_ROOT": str(work.resolve())}
     t0 = time.perf_counter()
     say = results.Printout()
+    floor_rows = []
     if not args.table_only:
-        run_all(args, work, env, say)
+        floor_rows = run_all(args, work, env, say)
         print(f"\nruns made on {cpu_model()} in {time.perf_counter() - t0:.0f} s; work: {work}")
         say.keep(f"\nruns made in {time.perf_counter() - t0:.0f} s")
     runs = stacked_runs()
-    if not runs:
+    if not runs and not floor_rows:
         raise SystemExit(f"no FINISHED Stacked MNIST result runs in {uri}")
     say(f"\n{len(runs)} result runs with prepare.dataset = stacked in the MLflow store\n")
-    say(table(runs))
+    say(table(runs, floor_rows))
     if args.results is not None:
         results.publish("stacked", "Stacked MNIST: modes and KL beside the papers'", say.markdown(), argv=argv,
                         out=args.results)

@@ -106,6 +106,33 @@ def test_uniform_stacked_real_images_cover_about_all_modes_with_kl_near_zero(sta
     assert m["judge_accuracy_real"] == 1.0 and m["classifier_score_real"] > 500
 
 
+def test_the_floor_draws_real_held_out_images_afresh_for_each_seed(stacked_sets):
+    """bench/stacked.py's floor: uniform real held-out triples at the evaluation's sample
+    count cover about every mode, each seed a new draw, none the held-out set itself."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import stacked
+
+    xa, ya = synthetic_digits(per_digit=30, seed=0)
+    xt, yt = synthetic_digits(per_digit=30, seed=1)
+    pp = prepare_params(dataset="stacked", stacked_train=4000, stacked_test=4000)
+    rows = stacked.floor(data.Mnist(xa, ya, xt, yt), pp, evaluate_params(num_samples=4000, l1_samples=0),
+                         oracle_judge(), [0, 1])
+    assert [r["seed"] for r in rows] == [0, 1] and all(r["samples"] == 4000 for r in rows)
+    # 4,000 uniform draws: about 18 codes missed, KL about 999 / 8000 (as real held-out images above).
+    assert all(r["modes_covered"] >= 960 and r["class_kl"] < 0.2 for r in rows), rows
+    assert rows[0]["class_kl"] != rows[1]["class_kl"]  # two draws, not one
+    # Not the held-out set the evaluation compares with: that would score a KL of exactly its own.
+    same, _ = papers_modes_and_kl(stacked_sets.x_test[:4000], stacked_sets, 4000)
+    assert all(r["class_kl"] != same["class_kl"] for r in rows)
+    line = stacked.floor_row(rows)
+    assert line.startswith("| real held-out images (the floor) |") and "4,000 samples" in line
+    with pytest.raises(SystemExit, match="prepare.dataset is mnist"):
+        stacked.floor(data.Mnist(xa, ya, xt, yt), prepare_params(dataset="mnist"), evaluate_params(), None, [0])
+
+
 def test_the_papers_kl_against_a_direct_formula():
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 1000, 26_000)

@@ -93,3 +93,5 @@ def test_method_names_follow_the_papers():
     assert stacked.method({"train.arch": "dcgan_paper", "train.loss": "bce", "train.pack": "1"}) == "DCGAN"
     assert stacked.method({"train.arch": "dcgan_paper", "train.loss": "bce", "train.pack": "3"}) == "PacDCGAN3"
     assert stacked.method({"train.arch": "dcgan", "train.loss": "wgan-gp", "train.pack": "1"}) == "dcgan (wgan-gp)"
+    assert stacked.method({"train.arch": "dcgan_paper", "train.loss": "bce", "train.pack": "2", "train.g_steps": "2"}) \
+        == "PacDCGAN2, 2 G updates a step"
