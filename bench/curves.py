@@ -4,6 +4,7 @@ the evaluate stage's own metrics at several points on the way.
     python bench/curves.py                                   # params.yaml's default
     python bench/curves.py --recipe recipes/conv.yaml --recipe recipes/dcgan.yaml --every 1000
     python bench/curves.py --set train.steps=3000 --every 500 --seed 1
+    python bench/curves.py --recipe recipes/dcgan_paper_stacked.yaml --recipe recipes/dcgan_paper_pac2.yaml
 
 Each candidate (params.yaml, then a recipe's overrides, then `--set`'s) trains
 in a process of its own with the train stage's model, step and data order.
@@ -13,8 +14,8 @@ it at that step (the weight average with standing statistics) draws
 the held-out images with the judge; the first 64 go to
 `<work>/<candidate>/samples_<step>.png`, and the last generator to
 `<work>/<candidate>/generator.keras`. Training time excludes the scoring. The
-rows are one Markdown table: `fcd`, classifier-score ratio, precision, recall
-and modes against training seconds (docs/training.md#recipes-against-training-time),
+rows are one Markdown table: `fcd`, classifier-score ratio, precision, recall,
+modes and class KL against training seconds (docs/training.md#recipes-against-training-time),
 so that candidates compare at equal wall time on the same machine; they go to
 docs/results/curves.md too (`--results DIR`, `--no-results`).
 
@@ -42,7 +43,7 @@ from ops.recipe import overrides as recipe_overrides  # noqa: E402
 from pipeline import params  # noqa: E402
 
 COLUMNS = ("step", "train_s", "fcd", "classifier_score_ratio", "precision", "recall", "modes_covered",
-           "quality_gate_passed")
+           "class_kl", "quality_gate_passed")
 
 
 def curve(params_path: Path, data: Path, judge_path: Path, every: int, out: Path) -> None:
@@ -54,10 +55,11 @@ def curve(params_path: Path, data: Path, judge_path: Path, every: int, out: Path
 
     p = params.load("train", params_path)
     ep = params.load("evaluate", params_path)
-    ds = data_mod.load_prepared(data)
+    # The digits or Stacked MNIST drawn from them (prepare.dataset), as train and evaluate take them.
+    ds = data_mod.training_set(data_mod.load_prepared(data), params.load("prepare", params_path))
     judge = classifier.load(judge_path)
     real, labels = evaluate.real_subset(ds.x_test, ep.num_samples, ep.seed, ds.y_test)
-    gan = train.build(p)
+    gan = train.build(p, channels=data_mod.channels_of(ds))
     clock = {"scoring": 0.0, "start": time.perf_counter()}
 
     def score(step: int) -> None:
@@ -77,7 +79,7 @@ def curve(params_path: Path, data: Path, judge_path: Path, every: int, out: Path
 
     class Scorer(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            step = int(self.model.g_optimizer.iterations.numpy())
+            step = int(self.model.step.numpy())
             if step % every == 0 and step < p.steps:
                 score(step)
 

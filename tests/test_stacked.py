@@ -106,6 +106,7 @@ def test_uniform_stacked_real_images_cover_about_all_modes_with_kl_near_zero(sta
     assert m["judge_accuracy_real"] == 1.0 and m["classifier_score_real"] > 500
 
 
+@pytest.mark.slow
 def test_the_floor_draws_real_held_out_images_afresh_for_each_seed(stacked_sets):
     """bench/stacked.py's floor: uniform real held-out triples at the evaluation's sample
     count cover about every mode, each seed a new draw, none the held-out set itself."""
@@ -202,3 +203,40 @@ def test_each_kind_of_generator_has_its_own_registered_model_and_bento_name():
     assert contract.kind_of({"output": {"shape": [None, 28, 28, 1]}}) == "digits"
     with pytest.raises(ValueError, match="allowed values: digits, conditional, stacked"):
         contract.registered_model("rgb")
+
+
+@pytest.mark.slow
+def test_the_curve_bench_scores_modes_and_kl_of_a_stacked_training_on_the_way(tmp_path):
+    """bench/curves.py on Stacked MNIST: the candidate trains on the stacked set drawn from
+    the prepared digits, and every `every` steps (and at the end) the generator the stage
+    would save is scored by the evaluation, modes and KL of the 1,000 codes among it."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from defaults import params_yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import curves
+
+    xa, ya = synthetic_digits(per_digit=30, seed=0)
+    xt, yt = synthetic_digits(per_digit=30, seed=1)
+    data.save_npz(data.Mnist(xa, ya, xt, yt), tmp_path / "mnist.npz")
+    import keras
+
+    oracle = oracle_judge()  # as the judge stage saves a judge: probs out, a layer named features
+    features = keras.layers.Identity(name=classifier.FEATURES)(oracle.outputs[0])
+    keras.Model(oracle.inputs, [oracle.outputs[1], features]).save(tmp_path / "judge.keras")
+    (tmp_path / "params.yaml").write_text(params_yaml(
+        prepare=dict(dataset="stacked", stacked_train=400, stacked_test=300),
+        train=dict(arch="mlp", steps=4, batch_size=8, z_dim=8, virtual_labels=0, jit_compile=False, g_steps=2,
+                   standing_samples=64, mlp={"g_units": [16], "d_units": [16]}),
+        evaluate=dict(num_samples=300, l1_samples=0)))
+    out = tmp_path / "curve.jsonl"
+    curves.curve(tmp_path / "params.yaml", tmp_path / "mnist.npz", tmp_path / "judge.keras", 2, out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]  # the GAN's steps, though G updated twice in each
+    for r in rows:
+        assert set(curves.COLUMNS) <= r.keys()
+        assert 1 <= r["modes_covered"] <= 300 and r["class_kl"] > 0 and r["train_s"] > 0
+    assert (tmp_path / "generator.keras").is_file() and (tmp_path / "samples_000004.png").is_file()
