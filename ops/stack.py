@@ -50,6 +50,10 @@ DB_USER = "mlflow"
 # moto accepts any credentials; S3 clients (boto3, dvc-s3) need some.
 S3_KEY = {"AWS_ACCESS_KEY_ID": "stack", "AWS_SECRET_ACCESS_KEY": "stack-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 START_SECONDS = 120
+# mlflow server's tries at the store for each file a client sends (botocore's default: 5, with
+# backoff): a store that is down then fails that request soon with a 500, and the client's own
+# retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES) decide how long to wait. A value set in the environment wins.
+STORE_RETRIES = {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "2"}
 
 
 class StackError(RuntimeError):
@@ -270,7 +274,8 @@ def start_mlflow(cfg: dict, state: dict) -> str:
     if _listening(cfg["mlflow_port"]):
         raise StackError(f"port {cfg['mlflow_port']} is taken by another program (set STACK_MLFLOW_PORT)")
     # The store's URI (with its password) by environment, not on the command line that `ps` shows.
-    env = dict(os.environ, **s3_env(state), MLFLOW_BACKEND_STORE_URI=pg_url(state, "postgresql+psycopg2"),
+    env = dict(os.environ, **{k: os.environ.get(k, v) for k, v in STORE_RETRIES.items()}, **s3_env(state),
+               MLFLOW_BACKEND_STORE_URI=pg_url(state, "postgresql+psycopg2"),
                MLFLOW_ARTIFACTS_DESTINATION=f"s3://{BUCKET}/mlflow")
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = _spawn(cfg, "mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port",

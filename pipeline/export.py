@@ -15,12 +15,19 @@ the BentoML store (contract.store), and moves that model's alias `champion` to
 this version only when `decide` says so (docs/experiments.md#promotion): it passes the gate and beats the champion on the
 ranking, under the same evaluation protocol. The comparison is recorded in the
 run (`promotion.json`, `promotion.*` tags) and on the version.
+
+A try that fails on the way (the object store or the tracking server gone) fails
+in one line. MLflow registers a version only once all its files are stored, and
+a rerun of the same run and files takes the version an earlier try registered
+(tagged `export_digest`) and the decision it recorded, so a run registers once.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -31,6 +38,12 @@ from serving import contract
 PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
 # The ranking, in order: the first metric that differs decides.
 RANKING = (("fcd", "lower"), ("classifier_score_ratio", "higher"))
+# The version tag that names what a version was registered from: the run's files and code.
+DIGEST_TAG = "export_digest"
+# MLflow's retries of each request (its default, 7, backs off for minutes): fewer, so that a
+# store that is down stops the stage in one line while the user is still there; a rerun is
+# safe, as it registers once. A value set in the environment wins.
+HTTP_RETRIES = 3
 
 
 def kind_of(generator) -> str:
@@ -118,16 +131,36 @@ def promote(registered: str, challenger: dict, publish=lambda decision: {}) -> t
     with tracking.registry_lock(registered):
         current = tracking.champion(registered)
         champ = None if current is None else {"version": current["version"], **current["tags"]}
-        decision = decide(challenger, champ)
+        earlier = tracking.version_tags(challenger["version"], registered)
+        if "promotion" in earlier:
+            # An earlier try of this export decided, then failed: its decision stands, as deciding
+            # again would rank the version against itself or against a later champion.
+            decision = {"promote": earlier.get("promoted") == "True",
+                        "champion_before": earlier.get("champion_before"), "reason": earlier["promotion"]}
+            champ = None if decision["champion_before"] is None else {"version": decision["champion_before"]}
+        else:
+            decision = decide(challenger, champ)
         tags = {**publish(decision), "quality_gate_passed": challenger["quality_gate_passed"],
                 "eval_protocol": challenger["eval_protocol"], "promotion": decision["reason"],
-                **{k: challenger[k] for k, _ in RANKING}}
+                "promoted": decision["promote"], **{k: challenger[k] for k, _ in RANKING}}
+        if decision["champion_before"] is not None:
+            tags["champion_before"] = decision["champion_before"]
         tracking.tag_version(challenger["version"], tags, registered)
-        if decision["promote"]:
+        if decision["promote"] and "promotion" not in earlier:
             tracking.set_champion(challenger["version"], registered)
             if champ is not None:
                 tracking.tag_version(champ["version"], {"superseded_by": challenger["version"]}, registered)
     return decision, champ, tags
+
+
+def digest(generator: str | Path, card: dict) -> str:
+    """What a registered version is made of: the generator's bytes, the pyfunc's code and
+    requirements, and the card (the run, its metrics and params)."""
+    h = hashlib.sha256()
+    for path in (Path(generator), PYFUNC_CODE, Path(contract.REQUIREMENTS)):
+        h.update(path.read_bytes())
+    h.update(json.dumps(card, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
 
 
 def pyfunc_example(card: dict):
@@ -176,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run-file", required=True, help="the result's MLflow run (the evaluate stage's)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_RETRIES))
 
     from pipeline.models import load_generator
 
@@ -188,16 +222,23 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
 
     registered = contract.registered_model(card["kind"])
+    made_of = digest(args.generator, card)
     with tracking.reopen(run) as active:
         export_saved_model(generator, out / "generator")
-        version = active.log_pyfunc_model(
-            name="generator",
-            python_model=str(PYFUNC_CODE),
-            artifacts={contract.SAVED_MODEL: str(out / "generator")},
-            input_example=pyfunc_example(card),
-            pip_requirements=str(contract.REQUIREMENTS),
-            registered_model_name=registered,
-        )
+        version = tracking.registered_from(run["run_id"], DIGEST_TAG, made_of, registered)
+        if version is not None:
+            print(f"export: {registered} v{version} was registered from this run and these files by an "
+                  "earlier try; taking it")
+        else:
+            version = active.log_pyfunc_model(
+                name="generator",
+                python_model=str(PYFUNC_CODE),
+                artifacts={contract.SAVED_MODEL: str(out / "generator")},
+                input_example=pyfunc_example(card),
+                pip_requirements=str(contract.REQUIREMENTS),
+                registered_model_name=registered,
+                tags={DIGEST_TAG: made_of},  # on the version as it is created: no untagged moment
+            )
         card["registered_model"] = {"name": registered, "version": version}
         challenger = {"version": version, "quality_gate_passed": verdict.get("quality_gate_passed") is True,
                       "reasons": verdict.get("reasons"), "eval_protocol": protocol["id"],

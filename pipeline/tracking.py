@@ -275,16 +275,22 @@ class Run:
 def _lifecycle(run: Run) -> Iterator[Run]:
     """FINISHED on success; FAILED on any exception, Ctrl-C and SIGTERM included. A
     tracking server lost for longer than MLflow's retries wait (a few minutes) cannot be
-    told FAILED: the run stays RUNNING, and the stage stops in one line."""
+    told FAILED: the run stays RUNNING, and the stage stops in one line. So does an object
+    store that fails under the run's files."""
     try:
         yield run
     except BaseException as exc:
-        lost = _lost_server(exc)
+        store = _lost_store(exc)
+        lost = None if store else _lost_server(exc)
+        status = "is FAILED"
         try:
             client().set_terminated(run.run_id, "FAILED")
         except Exception:
-            if lost is None:
+            if lost is None and store is None:
                 raise
+            status = "stays RUNNING"
+        if store is not None:
+            raise StageError(f"{store}; run {run.name} {status}: run the stage again once the store answers") from None
         if lost is not None:
             raise StageError(
                 f"lost the MLflow tracking server at {redact(tracking_uri())} (MLFLOW_TRACKING_URI) through "
@@ -292,6 +298,39 @@ def _lifecycle(run: Run) -> Iterator[Run]:
                 "answers (train resumes from its last checkpoint into the same run)") from None
         raise
     client().set_terminated(run.run_id, "FINISHED")
+
+
+def _lost_store(exc: BaseException) -> str | None:
+    """What failed, in words, if `exc` (or its cause) says that the object store under the
+    run's artifacts did: a file sent through the tracking server (its proxied artifacts) failed
+    every try while the server itself answers, or boto3 could not reach the store."""
+    seen = exc
+    while seen is not None:
+        text = " ".join(str(seen).split())
+        if "/mlflow-artifacts/" in text and "Max retries exceeded" in text and _answers(tracking_uri()):
+            # The server fails such a request with a 500 when its store is down, and may close the
+            # connection with it, so the last try may read as either.
+            store = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+            why = text.rsplit("(Caused by ", 1)[-1].removesuffix(")") if "(Caused by " in text else text
+            return (f"the MLflow tracking server at {redact(tracking_uri())} answers but could not store the run's "
+                    f"files in its artifact store" + (f" ({redact(store)}, MLFLOW_S3_ENDPOINT_URL)" if store else "")
+                    + f", through MLflow's retries: {why[:120]}")
+        if type(seen).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
+            # boto3 straight to the store: its message names the store's URL.
+            return f"the artifact store did not take the run's files: {text[:200]}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _answers(uri: str) -> bool:
+    """Whether an HTTP tracking server says it is healthy, asked once."""
+    if not uri.startswith(("http://", "https://")):
+        return False
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _lost_server(exc: BaseException) -> str | None:
@@ -522,6 +561,17 @@ def tag_version(version: str, tags: dict, name: str = REGISTERED_MODEL) -> None:
     """Tags on version `version` of registered model `name` (a kind's, contract.registered_model)."""
     for k, v in tags.items():
         client().set_model_version_tag(name, version, k, str(v))
+
+
+def version_tags(version: str, name: str = REGISTERED_MODEL) -> dict:
+    return dict(client().get_model_version(name, version).tags)
+
+
+def registered_from(run_id: str, tag: str, value: str, name: str = REGISTERED_MODEL) -> str | None:
+    """The version of `name` that run `run_id` registered with tag `tag` = `value`, if one did."""
+    found = [v for v in client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+             if v.tags.get(tag) == value]
+    return str(min(int(v.version) for v in found)) if found else None
 
 
 def champion(name: str = REGISTERED_MODEL) -> dict | None:

@@ -81,6 +81,7 @@ SEQUENCE = [
     ((True, 8.0, 0.9, PROTOCOL), ("4", True, ["8", "10", "v2"])),
     ((True, 1.0, 0.99, "0therprot0c0l"), ("4", False, ["protocol", PROTOCOL, "0therprot0c0l"])),
 ]
+RERUN = 4  # exported again after the sequence: the champion by then
 
 # One process makes the store's runs and the challengers' files, then runs the export
 # stage on each challenger in turn (its main, as `python -m pipeline.export` runs it)
@@ -93,7 +94,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import errors, export, params, tracking
 from pipeline.models import build_generator
 
-tmp, sequence, name = Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+tmp, sequence, name, RERUN = Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 build_generator(params.load("train", changes={"arch": "mlp", "z_dim": 8, "virtual_labels": 0})).save(tmp / "generator.keras")
 for i, (gate, fcd, ratio, protocol) in enumerate(sequence, 1):
     d = tmp / f"c{i}"
@@ -113,7 +114,8 @@ for i, (gate, fcd, ratio, protocol) in enumerate(sequence, 1):
         (d / f"{key}.json").write_text(json.dumps(obj))
 
 client = MlflowClient(tracking.tracking_uri())
-for i in range(1, len(sequence) + 1):
+# Then challenger 4's export once more, as a rerun after a try that failed past its registration.
+for i in [*range(1, len(sequence) + 1), RERUN]:
     d = tmp / f"c{i}"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -131,6 +133,7 @@ for i in range(1, len(sequence) + 1):
     version = tags.get("registered_model_version")
     print(json.dumps({
         "stdout": out.getvalue(), "alias": alias, "run_tags": tags, "version": version,
+        "versions": len(client.search_model_versions(f"name = '{name}'")),
         "version_tags": dict(client.get_model_version(name, version).tags) if version else {},
         "promotion_json": json.loads(Path(client.download_artifacts(run_id, "promotion.json", str(d))).read_text()),
         "card": json.loads((d / "export/model_card.json").read_text())}), flush=True)
@@ -154,10 +157,10 @@ def sequence(tmp_path_factory):
     """Each challenger through the export stage, and what the store says right after it."""
     tmp = tmp_path_factory.mktemp("promotion")
     env = _env(tmp)
-    proc = _py(["-c", _SEQUENCE, str(tmp), json.dumps([s for s, _ in SEQUENCE]), NAME], env)
+    proc = _py(["-c", _SEQUENCE, str(tmp), json.dumps([s for s, _ in SEQUENCE]), NAME, str(RERUN)], env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     seen = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(seen) == len(SEQUENCE), proc.stdout[-2000:]
+    assert len(seen) == len(SEQUENCE) + 1, proc.stdout[-2000:]
     return tmp, env, seen
 
 
@@ -202,9 +205,25 @@ def test_export_moves_the_champion_only_when_the_rule_says(sequence, step):
 # 3. Serving the champion ----------------------------------------------------------------------
 
 @pytest.mark.e2e
+@pytest.mark.e2e
+def test_an_export_run_again_registers_nothing_and_its_decision_stands(sequence):
+    """The export of a run that already registered a version from the same files (a try
+    that failed after registering, then a rerun) takes that version, and the decision the
+    first try recorded: the champion is not ranked against itself."""
+    _, _, seen = sequence
+    first, again = seen[RERUN - 1], seen[-1]
+    assert f"v{RERUN} was registered from this run and these files by an earlier try" in again["stdout"]
+    assert again["version"] == first["version"] == str(RERUN) and again["versions"] == len(SEQUENCE)
+    assert again["alias"] == seen[-2]["alias"] == str(RERUN)
+    decision = {k: first["promotion_json"][k] for k in ("promote", "champion_before", "reason")}
+    assert {k: again["promotion_json"][k] for k in decision} == decision == again["card"]["promotion"]
+    assert again["version_tags"]["promotion"] == first["version_tags"]["promotion"] == decision["reason"]
+    assert "superseded_by" not in again["version_tags"]
+
+
 def test_selection_names_the_champion(sequence, tmp_path):
     _, env, seen = sequence
-    tag = seen[3]["version_tags"]["bentoml_tag"]
+    tag = seen[-1]["version_tags"]["bentoml_tag"]  # v4's, as its export run again left it
     proc = _py(["-m", "serving.selection"], env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
@@ -239,7 +258,7 @@ def test_service_serves_the_champion_by_default(sequence, tmp_path):
     sel = info["selected"]
     assert sel["by"] == "champion" and sel["version"] == "4" and sel["registered_model"] == NAME, sel
     assert seen[3]["run_tags"]["promotion.reason"] in sel["reason"]
-    assert info["tag"] == seen[3]["version_tags"]["bentoml_tag"] and info["z_dim"] == 8
+    assert info["tag"] == seen[-1]["version_tags"]["bentoml_tag"] and info["z_dim"] == 8
     assert info["registered_model"] == {"name": NAME, "version": "4"} and info["promotion"]["promote"] is True
     assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
 

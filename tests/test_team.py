@@ -5,10 +5,10 @@ champion from a second process. Then DVC remotes, S3 on the same store and a
 folder, do the round trip to a fresh clone."""
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -393,6 +393,99 @@ def test_dvc_folder_remote_round_trip(team_run):
     assert any(folder.rglob("*")) and "endpointurl" not in (project / ".dvc/config").read_text()
 
 
+def _now(stack_env: dict) -> dict:
+    """The stack's state as it is now (a restarted part has a new pid)."""
+    return json.loads((Path(stack_env["STACK_DIR"]) / "stack.json").read_text())
+
+
+EXPORT = ["--generator", "models/generator.keras", "--metrics", "reports/metrics.json",
+          "--verdict", "reports/eval/verdict.json", "--protocol", "reports/eval/protocol.json",
+          "--data-report", "reports/data.json", "--training-run", "reports/train/run.json"]
+
+
+def test_a_store_outage_during_export_registers_nothing_and_the_rerun_registers_once(team_run, stack, tmp_path):
+    """The object store is killed before the export stage sends the generator's files: the
+    stage fails in one line that names the store, no version comes from the run and the
+    champion stays. With the store back, the rerun registers one version with every file."""
+    import mlflow.artifacts
+    from mlflow.tracking import MlflowClient
+
+    from serving.contract import REGISTERED_MODEL
+
+    project, env, _ = team_run
+    _, stack_env, _, _ = stack
+    state = _now(stack_env)
+    client = MlflowClient(state["mlflow_url"])
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version
+    # A result run of its own for the tiny pipeline's files, as the evaluate stage would make.
+    experiment = client.get_experiment_by_name("mnist-gan").experiment_id
+    run_id = client.create_run(experiment, run_name="store-outage").info.run_id
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": run_id, "experiment_id": experiment,
+                                                   "name": "store-outage", "tracking_uri": state["mlflow_url"]}))
+    cmd = [sys.executable, "-m", "pipeline.export", *EXPORT, "--run-file", str(tmp_path / "run.json"),
+           "--out", str(tmp_path / "export")]
+    os.killpg(state["s3_pid"], 9)
+    try:
+        # One retry: the stage's own few add only waiting before the same line.
+        failed = subprocess.run(cmd, cwd=project, env=dict(env, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1"),
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        _stack(stack_env, "up")
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert failed.returncode == 1 and len(errors) == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    assert f"{state['mlflow_url']} answers but could not store the run's files in its artifact store " \
+        f"({state['s3_url']}" in errors[0] and "run store-outage is FAILED: run the stage again" in errors[0], errors[0]
+    assert client.search_model_versions(f"run_id = '{run_id}'") == []
+    assert client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version == champion
+
+    again = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    [version] = client.search_model_versions(f"run_id = '{run_id}'")
+    got = Path(mlflow.artifacts.download_artifacts(
+        client.get_model_version_download_uri(REGISTERED_MODEL, version.version), dst_path=str(tmp_path / "got"),
+        tracking_uri=state["mlflow_url"]))
+    assert (got / "MLmodel").is_file() and _same_files(tmp_path / "export/generator", got / "artifacts/generator")
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_an_interrupted_dvc_push_completes_on_rerun(team_run, stack):
+    """`dvc push` is killed mid-push, and the store with it: the rerun pushes the rest, `dvc
+    status -c` is clean, and every object in the remote holds the bytes its name says."""
+    import signal
+
+    project, env, _ = team_run
+    _, stack_env, _, _ = stack
+    state = _now(stack_env)
+    prefix = "dvc-interrupted/"
+    _dvc_remote(project, "interrupted", "s3://mnist-gan/dvc-interrupted", state["s3_url"])  # empty at the start
+    s3 = _s3(state["s3_url"])
+
+    push = subprocess.Popen(["dvc", "push", "-r", "interrupted", "-j", "1"], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not _keys(s3, prefix) and push.poll() is None:
+            time.sleep(0.01)
+        os.killpg(state["s3_pid"], signal.SIGSTOP)  # the store stops answering, a request in flight
+        os.killpg(push.pid, signal.SIGKILL)
+        os.killpg(state["s3_pid"], signal.SIGKILL)
+    finally:
+        if push.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(push.pid, signal.SIGKILL)
+        push.wait()
+        _stack(stack_env, "up")
+    kept = _keys(s3, prefix)
+
+    again = subprocess.run(["dvc", "push", "-r", "interrupted"], cwd=project, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    status = subprocess.run(["dvc", "status", "-c", "-r", "interrupted"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0 and "in sync" in status.stdout, status.stdout + status.stderr
+    keys = _dvc_objects_whole(s3, prefix)
+    assert 0 < len(kept) < len(keys) and set(kept) <= set(keys), (kept, keys)  # cut off part-way, then done
+
+
 def _closed(*ports) -> bool:
     import socket
 
@@ -415,9 +508,39 @@ def _client_env(stack_env: dict) -> dict:
                 **dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines()))
 
 
-def _keep_an_artifact_and_a_dvc_object(stack_env: dict, d: Path) -> tuple[str, dict]:
-    """An MLflow run with a large and a small artifact, and a DVC repo that pushed a file
-    to the stack's bucket; (the run's id, the files' bytes by name)."""
+def _s3(url: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=url, aws_access_key_id="k", aws_secret_access_key="s",
+                        region_name="us-east-1")
+
+
+def _keys(s3, prefix: str) -> list[str]:
+    return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="mnist-gan", Prefix=prefix)
+            for o in page.get("Contents", [])]
+
+
+def _dvc_objects_whole(s3, prefix: str) -> list[str]:
+    """The DVC remote's objects under `prefix`, each checked to hold the bytes its name says
+    (.../files/md5/ab/cdef...[.dir] is the md5 of its bytes)."""
+    import hashlib
+
+    keys = _keys(s3, prefix)
+    for key in keys:
+        name = "".join(key.removesuffix(".dir").split("/")[-2:])
+        assert hashlib.md5(s3.get_object(Bucket="mnist-gan", Key=key)["Body"].read()).hexdigest() == name, key
+    return keys
+
+
+def _dvc_remote(project: Path, name: str, url: str, endpoint: str) -> None:
+    """A DVC remote in the clone's own, uncommitted config."""
+    with open(project / ".dvc/config.local", "a") as f:
+        f.write(f"['remote \"{name}\"']\n    url = {url}\n    endpointurl = {endpoint}\n")
+
+
+def _keep_an_artifact_and_a_dvc_object(stack_env: dict, d: Path, project: Path) -> tuple[str, dict]:
+    """An MLflow run with a large and a small artifact, and the prepare stage's outputs pushed
+    by DVC, on the stack; (the run's id, the artifacts' bytes by name)."""
     from mlflow.tracking import MlflowClient
 
     env = _client_env(stack_env)
@@ -429,37 +552,31 @@ def _keep_an_artifact_and_a_dvc_object(stack_env: dict, d: Path) -> tuple[str, d
     run_id = client.create_run("0").info.run_id
     for name in files:
         client.log_artifact(run_id, str(d / name))
-    repo = d / "repo"
-    repo.mkdir()
-    (repo / "blob.bin").write_bytes(files["small.txt"])
-    for cmd in (["dvc", "init", "-q", "--no-scm"], ["dvc", "add", "-q", "blob.bin"]):
-        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
-    (repo / ".dvc/config").write_text(f"[core]\n    no_scm = True\n    remote = kept\n['remote \"kept\"']\n"
-                                      f"    url = s3://mnist-gan/dvc-kept\n    endpointurl = {env['AWS_ENDPOINT_URL']}\n")
-    push = subprocess.run(["dvc", "push"], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
-    assert push.returncode == 0 and "1 file pushed" in push.stdout, push.stdout + push.stderr
+    _dvc_remote(project, "kept", "s3://mnist-gan/dvc-kept", env["AWS_ENDPOINT_URL"])
+    push = subprocess.run(["dvc", "push", "-r", "kept", "prepare"], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert push.returncode == 0 and "pushed" in push.stdout, push.stdout + push.stderr
     return run_id, files
 
 
-def _still_there(stack_env: dict, d: Path, run_id: str, files: dict) -> None:
+def _still_there(stack_env: dict, d: Path, run_id: str, files: dict, project: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     env = _client_env(stack_env)
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     for name, data in files.items():
         assert Path(client.download_artifacts(run_id, name, str(d / "back"))).read_bytes() == data, name
-    repo = d / "repo"
-    (repo / "blob.bin").unlink()
-    shutil.rmtree(repo / ".dvc/cache")
-    pull = subprocess.run(["dvc", "pull"], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
-    assert pull.returncode == 0, pull.stdout + pull.stderr
-    assert (repo / "blob.bin").read_bytes() == files["small.txt"]
+    status = subprocess.run(["dvc", "status", "-c", "-r", "kept", "prepare"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "in sync" in status.stdout, status.stdout + status.stderr
+    assert _dvc_objects_whole(_s3(env["AWS_ENDPOINT_URL"]), "dvc-kept/")
 
 
-def test_down_keeps_the_objects_purge_wipes_them_and_a_failed_up_leaves_nothing_running(stack, tmp_path):
+def test_down_keeps_the_objects_purge_wipes_them_and_a_failed_up_leaves_nothing_running(stack, team_run, tmp_path):
     import socket
 
     _, env, state, _ = stack
+    project = team_run[0]
     # A stack of its own, so the module's stays up for the tests above.
     own = dict(env, STACK_DIR=str(tmp_path / "own"), STACK_PG_PORT=str(free_port()),
                STACK_S3_PORT=str(free_port()), STACK_MLFLOW_PORT=str(free_port()))
@@ -475,7 +592,7 @@ def test_down_keeps_the_objects_purge_wipes_them_and_a_failed_up_leaves_nothing_
     assert "stopped PostgreSQL" in failed.stderr and _closed(*ports)
 
     _stack(own, "up")
-    run_id, files = _keep_an_artifact_and_a_dvc_object(own, tmp_path / "kept")
+    run_id, files = _keep_an_artifact_and_a_dvc_object(own, tmp_path / "kept", project)
     said = _stack(own, "down").stdout
     assert "stopped mlflow server" in said and "stopped the object store" in said and "stopped PostgreSQL" in said
     assert _closed(*ports)
@@ -485,7 +602,7 @@ def test_down_keeps_the_objects_purge_wipes_them_and_a_failed_up_leaves_nothing_
     # Up again: the MLflow artifacts (the large one sent in parts) and the DVC object are back.
     again = _stack(own, "up").stdout
     assert "(0 from before)" not in again and "from before)" in again, again
-    _still_there(own, tmp_path / "kept", run_id, files)
+    _still_there(own, tmp_path / "kept", run_id, files, project)
     _stack(own, "down")
 
     # The stack's folder is gone (a deleted clone), its cluster is not: one line, nothing started.
