@@ -19,7 +19,8 @@ run (`promotion.json`, `promotion.*` tags) and on the version.
 A try that fails on the way (the object store or the tracking server gone) fails
 in one line. MLflow registers a version only once all its files are stored, and
 a rerun of the same run and files takes the version an earlier try registered
-(tagged `export_digest`) and the decision it recorded, so a run registers once.
+(tagged `export_digest`), so a run registers once; its decision stands if it is
+champion, and is made again against the champion now if it is not.
 """
 from __future__ import annotations
 
@@ -132,13 +133,16 @@ def promote(registered: str, challenger: dict, publish=lambda decision: {}) -> t
         current = tracking.champion(registered)
         champ = None if current is None else {"version": current["version"], **current["tags"]}
         earlier = tracking.version_tags(challenger["version"], registered)
-        if "promotion" in earlier:
-            # An earlier try of this export decided, then failed: its decision stands, as deciding
-            # again would rank the version against itself or against a later champion.
-            decision = {"promote": earlier.get("promoted") == "True",
-                        "champion_before": earlier.get("champion_before"), "reason": earlier["promotion"]}
+        done = "promotion" in earlier and current is not None and current["version"] == str(challenger["version"])
+        if done:
+            # An earlier try of this export promoted it, then failed: that decision stands, as
+            # deciding again would rank the champion against itself.
+            decision = {"promote": True, "champion_before": earlier.get("champion_before"),
+                        "reason": earlier["promotion"]}
             champ = None if decision["champion_before"] is None else {"version": decision["champion_before"]}
         else:
+            # Never decided, or decided without the alias moving (a try that stopped between the
+            # two, or a champion that came since): decided now, against the champion now.
             decision = decide(challenger, champ)
         tags = {**publish(decision), "quality_gate_passed": challenger["quality_gate_passed"],
                 "eval_protocol": challenger["eval_protocol"], "promotion": decision["reason"],
@@ -146,7 +150,7 @@ def promote(registered: str, challenger: dict, publish=lambda decision: {}) -> t
         if decision["champion_before"] is not None:
             tags["champion_before"] = decision["champion_before"]
         tracking.tag_version(challenger["version"], tags, registered)
-        if decision["promote"] and "promotion" not in earlier:
+        if decision["promote"] and not done:
             tracking.set_champion(challenger["version"], registered)
             if champ is not None:
                 tracking.tag_version(champ["version"], {"superseded_by": challenger["version"]}, registered)

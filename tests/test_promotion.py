@@ -71,6 +71,48 @@ def test_other_protocol_is_not_ranked():
     assert "protocol" in d["reason"] and PROTOCOL in d["reason"] and "ffff00000000" in d["reason"]
 
 
+
+# What a try that stopped midway leaves, and the rerun that finishes it (in-process, a sqlite store).
+AGAIN = {"stopped before the alias moved": ("1", True, "2"),   # champion then: v1; v2 wins, as it did
+         "a better champion came since": ("3", False, "3"),   # v3 (fcd 3) beats v2 (fcd 5)
+         "promoted before": ("2", True, "2")}                 # nothing left to do: the decision stands
+
+
+@pytest.mark.parametrize("case", list(AGAIN))
+def test_a_rerun_decides_against_the_champion_now_unless_it_is_the_champion(tmp_path, monkeypatch, case):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import export, tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(tracking, "_CLIENT", None)
+    client = MlflowClient(tracking.tracking_uri())
+    client.create_registered_model(NAME)
+    fcds = {"1": 10.0, "2": 5.0, "3": 3.0}
+    for v, fcd in fcds.items():
+        client.create_model_version(NAME, str(tmp_path / f"v{v}"))
+        tracking.tag_version(v, {"fcd": fcd, "classifier_score_ratio": 0.9, "eval_protocol": PROTOCOL,
+                                 "quality_gate_passed": True}, NAME)
+    # v2's first try decided against v1 and recorded it; where the case says, the alias moved.
+    first = decide(challenger(fcd=5.0, version="2"), {**CHAMPION, "version": "1", "fcd": "10.0"})
+    assert first["promote"] and first["champion_before"] == "1"
+    tracking.tag_version("2", {"promotion": first["reason"], "promoted": True, "champion_before": "1"}, NAME)
+    alias_now, promote, alias_after = AGAIN[case]
+    tracking.set_champion(alias_now, NAME)
+
+    decision, _, tags = export.promote(NAME, challenger(fcd=5.0, version="2"))
+    assert decision["promote"] is promote
+    assert tracking.champion(NAME)["version"] == alias_after
+    assert tracking.version_tags("2", NAME)["promotion"] == decision["reason"] == tags["promotion"]
+    if case == "a better champion came since":
+        assert "champion v3" in decision["reason"]
+    else:
+        assert decision["champion_before"] == "1"
+    superseded = {v: t.get("superseded_by") for v in fcds for t in [tracking.version_tags(v, NAME)]}
+    # v1 loses the alias to v2 once, by whichever try moved it.
+    assert superseded == {"1": "2" if case == "stopped before the alias moved" else None, "2": None, "3": None}
+
+
 # 2. The export stage, five challengers in a row ------------------------------------------------
 
 # (gate passed, fcd, classifier_score_ratio, protocol id) -> (champion after, promoted, words in the reason)
