@@ -248,10 +248,10 @@ def standing_statistics(generator: keras.Model, seed: int, samples: int, batch: 
         layer.trainable = True
     rng = np.random.default_rng(seed)
     z_dim = z_dim_of(generator)
+    batch = min(batch, samples)
     # A conditional generator's statistics over every digit alike, as the samples ask for them.
     digits = np.arange(batch, dtype=np.int32) % DIGITS if digit_input(generator) is not None else None
-    batch = min(batch, samples)
-    for k in range(max(1, samples // batch)):
+    for k in range(samples // batch):
         for layer in norms:  # a cumulative mean: batch k weighs 1/(k+1)
             layer.momentum = k / (k + 1.0)
         settled(inputs_for(generator, rng.standard_normal((batch, z_dim)).astype(np.float32), digits), training=True)
