@@ -8,7 +8,8 @@ as it does under `moto_server`, and before it answers a request that changed an
 object (a put, a copy, a completed multipart upload, a delete), that object's
 bytes and headers, or its deletion, are written under DIR; at start DIR is
 loaded back into moto. So an object that a client was told is stored survives
-the server's end, a kill included.
+the server's end, a kill included, and no client sees an object (in a listing
+either) before it is on disk.
 
     python ops/s3_store.py --host 127.0.0.1 --port 9000 --dir .stack/s3
 
@@ -41,32 +42,32 @@ class Persisting:
 
     def __init__(self, app, root: Path):
         self.app, self.root = app, root
-        self.lock = threading.Lock()  # one writer at a time: the files follow moto's latest state
+        # Held from moto's change until its files are written, and by every read: a client
+        # sees an object (a listing included) only once a kill of the store would keep it.
+        self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
         method = environ.get("REQUEST_METHOD", "GET")
         if method in ("GET", "HEAD", "OPTIONS"):
-            return self.app(environ, start_response)
-        bucket, key, query = _target(environ)
-        body = b""
-        if method == "POST" and not key and "delete" in query:  # DeleteObjects names its keys in the body
-            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-            environ["wsgi.input"] = io.BytesIO(body)
-        said = []
-        result = self.app(environ, lambda status, headers, exc_info=None: said.append((status, headers)))
-        if not bucket or not said[-1][0].startswith("2"):
-            start_response(*said[-1])
-            return result
-        try:
             with self.lock:
+                return self.app(environ, start_response)
+        bucket, key, query = _target(environ)
+        body = _read_body(environ)  # off the socket before the lock: a slow client holds up no one
+        said = []
+        with self.lock:
+            result = self.app(environ, lambda status, headers, exc_info=None: said.append((status, headers)))
+            if not bucket or not said[-1][0].startswith("2"):
+                start_response(*said[-1])
+                return result
+            try:
                 self._record(method, bucket, key, query, body)
-        except Exception as exc:  # noqa: BLE001 - any failure to keep it is the client's 500
-            if hasattr(result, "close"):
-                result.close()
-            print(f"s3_store: could not keep {bucket}/{key} on disk: {exc!r}", file=sys.stderr, flush=True)
-            start_response("500 Internal Server Error", [("Content-Type", "application/xml")])
-            return [b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
-                    b"<Message>the store could not write the object to its disk</Message></Error>"]
+            except Exception as exc:  # noqa: BLE001 - any failure to keep it is the client's 500
+                if hasattr(result, "close"):
+                    result.close()
+                print(f"s3_store: could not keep {bucket}/{key} on disk: {exc!r}", file=sys.stderr, flush=True)
+                start_response("500 Internal Server Error", [("Content-Type", "application/xml")])
+                return [b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
+                        b"<Message>the store could not write the object to its disk</Message></Error>"]
         start_response(*said[-1])
         return result
 
@@ -86,6 +87,19 @@ class Persisting:
         if "uploads" in query or ("uploadId" in query and method in ("PUT", "DELETE")):
             return  # a part, a new or an aborted multipart upload: no object changed yet
         _sync(self.root, bucket, key)
+
+
+def _read_body(environ) -> bytes:
+    """The request's whole body, read now and put back for moto to read."""
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        body = environ["wsgi.input"].read(int(length))
+    elif environ.get("wsgi.input_terminated"):  # chunked: the server ends the stream
+        body = environ["wsgi.input"].read()
+    else:
+        return b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
 
 
 def _target(environ) -> tuple[str, str, dict]:
