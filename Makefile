@@ -91,12 +91,14 @@ run: install
 # that a module's fixtures (a tiny pipeline run, a grid) are built once. `make test` is
 # the whole suite (CI's); `make test-fast` the unit tier, for the inner loop: no test
 # marked slow (real processes, training), browser or network (pyproject.toml's markers).
+# Files start in tests/conftest.py's order, the longest first.
 TEST_JOBS ?= 2
+PYTEST = $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 test: install-dev system-deps
-	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
+	$(PYTEST)
 
 test-fast: install-dev
-	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow and not browser and not network"
+	$(PYTEST) -m "not slow and not browser and not network"
 
 # Serves the champion of KIND unless MODEL names another (latest, or a BentoML tag); says
 # in one line what it serves and why, or why there is nothing to serve.

@@ -11,9 +11,8 @@ import pytest
 from keras import ops
 
 from defaults import evaluate as evaluate_params
-from defaults import judge as judge_params
 from defaults import params_yaml
-from pipeline import classifier, data, evaluate, judge
+from pipeline import classifier, data, evaluate
 
 def pair(scores: evaluate.Scores) -> tuple[dict, dict]:
     """The metrics and the verdict as metrics.json and verdict.json hold them."""
@@ -29,13 +28,10 @@ def mnist():
 
 
 @pytest.fixture(scope="module")
-def judge_model(mnist, tmp_path_factory):
-    """A judge trained on 12,000 training images for 3 epochs: weaker than the stage's, quicker."""
-    sub = data.Mnist(mnist.x_train[:12000], mnist.y_train[:12000], mnist.x_test[:2000], mnist.y_test[:2000])
-    model, report = judge.train(sub, judge_params(epochs=3, width=8))
+def judge_model(quick_judge):
+    """The suite's quick judge (conftest): weaker than the stage's, quicker."""
+    path, report = quick_judge
     assert report["test_accuracy"] > 0.95, report
-    path = tmp_path_factory.mktemp("judge") / "judge.keras"
-    model.save(path)
     return path
 
 

@@ -103,10 +103,13 @@ def test_standing_statistics_make_inference_match_batch_statistics(arch, precisi
     assert all(np.array_equal(a, b) for a, b in zip(sampler.get_weights(), g.get_weights()))
     assert not g.trainable
     before = g.get_weights()
-    settled = standing_statistics(g, seed=3, samples=4096, batch=1024)
+    # Half the draws for the conv net: its passes are this test's cost, and its gap still
+    # closes far beyond the bound; the MLP's closes less far, so it keeps the stage's count.
+    samples = 4096 if arch == "mlp" else 2048
+    settled = standing_statistics(g, seed=3, samples=samples, batch=1024)
     # The original is untouched, the copy differs only in its BatchNorm statistics.
     assert all(np.array_equal(a, b) for a, b in zip(before, g.get_weights()))
-    z = np.random.default_rng(9).standard_normal((2048, g.input_shape[-1])).astype("float32")
+    z = np.random.default_rng(9).standard_normal((samples // 2, g.input_shape[-1])).astype("float32")
     for layer in g.layers:  # for its batch statistics below
         layer.trainable = True
     gap_before = np.abs(g(z, training=False).numpy() - g(z, training=True).numpy()).mean()
