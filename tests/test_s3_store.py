@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from werkzeug.test import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ops"))
@@ -16,12 +17,10 @@ import s3_store  # noqa: E402
 
 @pytest.fixture
 def store(tmp_path):
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app  # not at collection, in every worker
 
     app = s3_store.Persisting(DomainDispatcherApplication(create_backend_app), tmp_path)
     bucket = f"b-{uuid.uuid4().hex[:12]}"  # moto's objects live in this process: a bucket of this test's own
-    from werkzeug.test import Client
-
     assert Client(app).put(f"/{bucket}").status_code == 200
     return app, bucket, tmp_path
 
@@ -29,8 +28,6 @@ def store(tmp_path):
 def test_an_object_is_listed_only_once_it_is_on_disk(store, monkeypatch):
     """A listing that comes while an object's files are being written waits for them:
     what a client has seen is what a kill of the store keeps."""
-    from werkzeug.test import Client
-
     app, bucket, root = store
     writing, release = threading.Event(), threading.Event()
     write = s3_store._write
@@ -57,8 +54,6 @@ def test_an_object_is_listed_only_once_it_is_on_disk(store, monkeypatch):
 
 
 def test_a_failed_write_is_answered_500(store, monkeypatch):
-    from werkzeug.test import Client
-
     app, bucket, _ = store
 
     def full_disk(path, data):
