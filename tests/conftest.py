@@ -29,10 +29,14 @@ def _missing_reason(item) -> str | None:
     return system_deps.reason(names, gone) if names else None
 
 
-# The files that take longest start first (`make test` runs with --no-loadscope-reorder):
-# a worker that picks one of them up last would run it alone while the others idle.
-LONGEST_FIRST = ("test_team.py", "test_train_stage.py", "test_experiments.py", "test_grid.py",
-                 "test_multi_worker.py", "test_pythons.py", "test_serving.py", "test_gan.py")
+# The files in the order they start (`make test` runs with --no-loadscope-reorder): longest
+# first, by their measured worker time, so that the short files fill the end and no worker
+# is left alone with a long one while the other idles. Files not named go last.
+LONGEST_FIRST = ("test_team.py", "test_experiments.py", "test_train_stage.py", "test_grid.py",
+                 "test_serving.py", "test_pythons.py", "test_multi_worker.py", "test_gan.py",
+                 "test_serving_conditional.py", "test_train.py", "test_conditional_champion.py",
+                 "test_promotion.py", "test_stacked.py", "test_tracking.py", "test_evaluate.py",
+                 "test_metrics.py", "test_evaluate_conditional.py", "test_conditional.py")
 
 
 def _start_order(item) -> int:

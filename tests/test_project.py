@@ -112,3 +112,13 @@ def test_what_the_documented_commands_write_is_ignored_by_git():
     tracked = subprocess.run(["git", "ls-files", "-ci", "--exclude-standard"], cwd=ROOT, capture_output=True,
                              text=True, check=True)
     assert tracked.stdout == ""
+
+
+def test_the_suites_start_order_names_only_test_files_that_exist():
+    """A renamed file dropped from conftest's order would start last, where a long one
+    leaves a worker alone at the end."""
+    import conftest
+
+    assert len(set(conftest.LONGEST_FIRST)) == len(conftest.LONGEST_FIRST)
+    missing = [name for name in conftest.LONGEST_FIRST if not (ROOT / "tests" / name).is_file()]
+    assert not missing, missing
