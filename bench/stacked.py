@@ -14,9 +14,11 @@ and judge once (or `--data`/`--judge` to reuse them), then per recipe and seed
 FINISHED result run in MLflow (default store: `<work>/mlflow.db`). A pair whose
 result run already finished in the work folder is not run again, so a stopped
 bench picks up where it was. The table then reads every FINISHED result run of
-the store with `prepare.dataset = stacked`, grouped by method (arch, loss, pack)
-and budget (steps, batch, samples): modes of 1,000 and KL(generated || uniform) as
-mean ± std over the seeds, and the wall time of each run from its MLflow record
+the store with `prepare.dataset = stacked`, one row per setting (every param but
+the seed): named by method (arch, loss, pack, G updates), then by whatever else
+sets it apart from the other rows (the weight average, R1, virtual labels, a
+precision), with its budget (steps, batch, samples); modes of 1,000 and
+KL(generated || uniform) as mean ± std over the seeds, and the wall time of each run from its MLflow record
 (start to last logged training step; that to the run's end: evaluate). The
 table and the runs' lines go to docs/results/stacked.md too (`--results DIR`,
 `--no-results`).
@@ -75,6 +77,29 @@ def method(params: dict) -> str:
     return name + (f", {g_steps} G updates a step" if g_steps > 1 else "")
 
 
+# What a row's name (method) and budget column already say; the seed is what a row spans.
+NAMED = ("train.arch", "train.loss", "train.pack", "train.g_steps", "train.steps", "train.batch_size",
+         "prepare.stacked_train", "evaluate.num_samples", "train.seed")
+
+
+def setting(params: dict) -> tuple:
+    """A run's row: every param but the seed, so runs that differ in anything else (the
+    weight average, R1, virtual labels, precision, a learning rate) never share a row."""
+    return tuple(sorted((k, str(v)) for k, v in params.items() if k != "train.seed"))
+
+
+def distinguishing(settings: list[tuple]) -> list[str]:
+    """The params, beyond those the name and budget say, whose value differs between rows."""
+    keys = sorted({k for s in settings for k, _ in s} - set(NAMED))
+    return [k for k in keys if len({dict(s).get(k) for s in settings}) > 1]
+
+
+def label(params: dict, shown: list[str]) -> str:
+    """The method's name, then the settings that set its row apart from the others'."""
+    extra = ", ".join(f"{k} {params.get(k, '–')}" for k in shown)
+    return f"{method(params)}; {extra}" if extra else method(params)
+
+
 def budget(params: dict) -> tuple[int, int, int, int]:
     """(steps, batch, training images, samples scored)."""
     return (int(params["train.steps"]), int(params["train.batch_size"]), int(params["prepare.stacked_train"]),
@@ -129,12 +154,15 @@ def table(runs: list[dict], floor_rows: list[dict] | None = None) -> str:
     """The floor, our rows (from the result runs) and the papers' rows, as Markdown."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((method(r["params"]), budget(r["params"])), []).append(r)
+        groups.setdefault(setting(r["params"]), []).append(r)
+    shown = distinguishing(list(groups))
+    named = sorted(((label(rs[0]["params"], shown), budget(rs[0]["params"]), rs) for rs in groups.values()),
+                   key=lambda row: row[:2])
     lines = ["| method | source | budget | seeds | modes (of 1,000) | KL | modes per seed | train s (median) "
              "| evaluate s (median) |", "|---|---|---|---|---:|---:|---|---:|---:|"]
     if floor_rows:
         lines.append(floor_row(floor_rows))
-    for (name, (steps, batch, n_train, n_samples)), rs in sorted(groups.items()):
+    for name, (steps, batch, n_train, n_samples), rs in named:
         rs = sorted(rs, key=lambda r: int(r["params"]["train.seed"]))
         modes = [r["metrics"]["modes_covered"] for r in rs]
         kls = [r["metrics"]["class_kl"] for r in rs]

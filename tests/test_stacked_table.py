@@ -22,10 +22,10 @@ from bench import stacked  # noqa: E402
 EVAL_S = 0.3
 
 
-def make_run(arch: str, pack: int, seed: int, modes: int, kl: float, dataset: str = "stacked") -> str:
+def make_run(arch: str, pack: int, seed: int, modes: int, kl: float, dataset: str = "stacked", ema: float = 0.0) -> str:
     params = {"train.arch": arch, "train.loss": "bce", "train.pack": pack, "train.seed": seed,
               "train.steps": 1000, "train.batch_size": 64, "prepare.dataset": dataset,
-              "prepare.stacked_train": 128000, "evaluate.num_samples": 26000}
+              "prepare.stacked_train": 128000, "evaluate.num_samples": 26000, "train.ema": ema}
     with tracking.training_run(params) as run:
         run.log_metrics([("d_loss", 1.0, step) for step in (1, 2)])
         training = {"run_id": run.run_id, "params": params}
@@ -43,6 +43,8 @@ def runs(tmp_path_factory):
             make_run("dcgan_paper", 1, seed, modes, kl)
         for seed, modes, kl in ((0, 700, 1.2), (1, 800, 1.0)):
             make_run("dcgan_paper", 2, seed, modes, kl)
+        for seed, modes, kl in ((0, 900, 0.5), (1, 950, 0.3)):  # the same method with the weight average
+            make_run("dcgan_paper", 2, seed, modes, kl, ema=0.999)
         make_run("mlp", 1, 0, 10, 0.01, dataset="mnist")  # not a Stacked MNIST run
         found = stacked.stacked_runs()
         yield found, stacked.table(found)
@@ -50,15 +52,17 @@ def runs(tmp_path_factory):
 
 def test_only_stacked_result_runs_make_rows(runs):
     found, _ = runs
-    assert len(found) == 5 and all(r["params"]["prepare.dataset"] == "stacked" for r in found)
+    assert len(found) == 7 and all(r["params"]["prepare.dataset"] == "stacked" for r in found)
 
 
 def test_one_row_per_method_with_the_seeds_mean_and_spread(runs):
     _, text = runs
     rows = [line for line in text.splitlines() if "| this project |" in line]
-    assert len(rows) == 2
-    dcgan = next(r for r in rows if r.startswith("| DCGAN |"))
-    pac = next(r for r in rows if r.startswith("| PacDCGAN2 |"))
+    assert len(rows) == 3
+    dcgan = next(r for r in rows if r.startswith("| DCGAN; train.ema 0.0 |"))
+    pac = next(r for r in rows if r.startswith("| PacDCGAN2; train.ema 0.0 |"))
+    averaged = next(r for r in rows if r.startswith("| PacDCGAN2; train.ema 0.999 |"))
+    assert "| 900 / 950 |" in averaged and "| 700 / 800 |" in pac  # never mixed into one row
     assert f"{statistics.mean([10, 30, 20]):.1f} ± {statistics.stdev([10, 30, 20]):.1f}" in dcgan
     assert "| 10 / 30 / 20 |" in dcgan and "| 0, 1, 2 |" in dcgan
     assert f"{statistics.mean([1.2, 1.0]):.3f} ± {statistics.stdev([1.2, 1.0]):.3f}" in pac
@@ -87,6 +91,19 @@ def test_table_only_writes_the_table_to_its_results_page(runs, tmp_path, capsys)
     assert text.strip() in capsys.readouterr().out and text.strip() in page
     assert "- Command: `python bench/stacked.py --table-only --tracking-uri" in page
     assert "(stacked.md)" in (tmp_path / "pages/index.md").read_text()
+
+
+def test_a_row_is_named_by_only_what_sets_it_apart():
+    base = {"train.arch": "dcgan_paper", "train.loss": "bce", "train.pack": "2", "train.steps": "1000",
+            "train.ema": "0.0", "train.r1": "0.0", "judge.width": "8"}
+    runs = [dict(base, **{"train.seed": "0"}), dict(base, **{"train.seed": "1"}),
+            dict(base, **{"train.seed": "0", "train.steps": "2000"}), dict(base, **{"train.seed": "0", "train.r1": "1.0"})]
+    settings = list(dict.fromkeys(stacked.setting(p) for p in runs))
+    assert len(settings) == 3  # seeds share a row; steps (the budget) and R1 do not
+    shown = stacked.distinguishing(settings)
+    assert shown == ["train.r1"]  # steps are in the budget column already
+    assert stacked.label(runs[3], shown) == "PacDCGAN2; train.r1 1.0"
+    assert stacked.label(runs[0], []) == "PacDCGAN2"
 
 
 def test_method_names_follow_the_papers():
