@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     uri = args.tracking_uri or f"sqlite:///{work.resolve() / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT), "DVC_ROOT": str(work.resolve())}
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # this process scores the floor with TensorFlow too
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_ROOT": str(work.resolve())}
     t0 = time.perf_counter()
     say = results.Printout()
     floor_rows = []
