@@ -77,15 +77,16 @@ def method(params: dict) -> str:
     return name + (f", {g_steps} G updates a step" if g_steps > 1 else "")
 
 
-# What a row's name (method) and budget column already say; the seed is what a row spans.
+SEED = "train.seed"  # what a row spans
+# What a row's name (method) and budget column already say.
 NAMED = ("train.arch", "train.loss", "train.pack", "train.g_steps", "train.steps", "train.batch_size",
-         "prepare.stacked_train", "evaluate.num_samples", "train.seed")
+         "prepare.stacked_train", "evaluate.num_samples")
 
 
 def setting(params: dict) -> tuple:
     """A run's row: every param but the seed, so runs that differ in anything else (the
     weight average, R1, virtual labels, precision, a learning rate) never share a row."""
-    return tuple(sorted((k, str(v)) for k, v in params.items() if k != "train.seed"))
+    return tuple(sorted((k, str(v)) for k, v in params.items() if k != SEED))
 
 
 def distinguishing(settings: list[tuple]) -> list[str]:
@@ -163,7 +164,7 @@ def table(runs: list[dict], floor_rows: list[dict] | None = None) -> str:
     if floor_rows:
         lines.append(floor_row(floor_rows))
     for name, (steps, batch, n_train, n_samples), rs in named:
-        rs = sorted(rs, key=lambda r: int(r["params"]["train.seed"]))
+        rs = sorted(rs, key=lambda r: int(r["params"][SEED]))
         modes = [r["metrics"]["modes_covered"] for r in rs]
         kls = [r["metrics"]["class_kl"] for r in rs]
         times = [timings(r) for r in rs]
