@@ -32,6 +32,7 @@ judge's misreads. `--floor-only` makes that row alone (prepare and judge, no tra
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -47,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
 from bench.seeds import cpu_model, shared_stages, train_and_evaluate  # noqa: E402
 from ops.recipe import overrides as recipe_overrides  # noqa: E402
-from pipeline import params  # noqa: E402
+from pipeline import atomic, params  # noqa: E402
 
 RECIPES = ("dcgan_paper_stacked", "dcgan_paper_pac2")
 # As VEEGAN (Srivastava et al. 2017, table 2) and PacGAN (Lin et al. 2018, table 3)
@@ -144,6 +145,21 @@ def floor(digits, pp, ep, judge, seeds: list[int]) -> list[dict]:
     return rows
 
 
+def floor_key(pp, ep, data: Path, judge: Path) -> str:
+    """What the floor's figures depend on: the prepare and evaluate params, the data and the judge."""
+    digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in (data, judge)]
+    return json.dumps([pp.model_dump(mode="json"), ep.model_dump(mode="json"), digests], sort_keys=True)
+
+
+def cached_floor(path: Path, key: str, seeds: list[int]) -> list[dict]:
+    """The floor's rows for `seeds` scored before in this work folder with the same `key`;
+    the floor is the same for every recipe, and each seed costs a full evaluation."""
+    if not path.is_file():
+        return []
+    kept = json.loads(path.read_text())
+    return [r for r in kept["rows"] if r["seed"] in seeds] if kept.get("key") == key else []
+
+
 def floor_row(rows: list[dict]) -> str:
     modes, kls = [r["modes_covered"] for r in rows], [r["class_kl"] for r in rows]
     return (f"| real held-out images (the floor) | this project | {rows[0]['samples']:,} samples, no training "
@@ -202,11 +218,18 @@ def run_all(args, work: Path, env: dict, say: results.Printout) -> list[dict]:
     shared_stages(work, data, judge, env)
     from pipeline import classifier, data as data_mod
 
-    floor_rows = floor(data_mod.load_prepared(data), params.load("prepare", work / "params.yaml"),
-                       params.load("evaluate", work / "params.yaml"), classifier.load(judge), args.seeds)
+    pp, ep = params.load("prepare", work / "params.yaml"), params.load("evaluate", work / "params.yaml")
+    key = floor_key(pp, ep, data, judge)
+    floor_rows = cached_floor(work / "floor.json", key, args.seeds)
+    missing = sorted(set(args.seeds) - {r["seed"] for r in floor_rows})
+    if missing:
+        floor_rows = sorted(floor_rows + floor(data_mod.load_prepared(data), pp, ep, classifier.load(judge), missing),
+                            key=lambda r: args.seeds.index(r["seed"]))
+        atomic.write_json(work / "floor.json", {"key": key, "rows": floor_rows})
     for r in floor_rows:
+        kept = "" if r["seed"] in missing else ", scored before, kept"
         say(f"floor seed {r['seed']}: {r['samples']:,} real held-out images, modes {r['modes_covered']}, "
-            f"KL {r['class_kl']:.4f} ({r['seconds']:.0f} s)")
+            f"KL {r['class_kl']:.4f} ({r['seconds']:.0f} s{kept})")
     if args.floor_only:
         return floor_rows
     done = {r["run_id"] for r in tracking.result_runs()}

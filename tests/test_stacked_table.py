@@ -112,3 +112,14 @@ def test_method_names_follow_the_papers():
     assert stacked.method({"train.arch": "dcgan", "train.loss": "wgan-gp", "train.pack": "1"}) == "dcgan (wgan-gp)"
     assert stacked.method({"train.arch": "dcgan_paper", "train.loss": "bce", "train.pack": "2", "train.g_steps": "2"}) \
         == "PacDCGAN2, 2 G updates a step"
+
+
+def test_the_floor_is_kept_per_seed_for_the_same_key_only(tmp_path):
+    """A bench's second start reuses the floor's rows of the same data, judge and params,
+    scores only the seeds it lacks, and never reuses rows made under another key."""
+    path = tmp_path / "floor.json"
+    assert stacked.cached_floor(path, "k", [0, 1]) == []
+    rows = [{"seed": 0, "modes_covered": 1000}, {"seed": 1, "modes_covered": 999}]
+    stacked.atomic.write_json(path, {"key": "k", "rows": rows})
+    assert stacked.cached_floor(path, "k", [1, 2]) == [rows[1]]
+    assert stacked.cached_floor(path, "other", [0, 1]) == []
