@@ -240,3 +240,23 @@ def test_the_curve_bench_scores_modes_and_kl_of_a_stacked_training_on_the_way(tm
         assert set(curves.COLUMNS) <= r.keys()
         assert 1 <= r["modes_covered"] <= 300 and r["class_kl"] > 0 and r["train_s"] > 0
     assert (tmp_path / "generator.keras").is_file() and (tmp_path / "samples_000004.png").is_file()
+
+
+def test_the_curve_bench_draws_modes_and_kl_against_minutes_a_line_per_candidate(tmp_path):
+    """bench/curves.py's figure: one SVG, a line per candidate in each of its two panels,
+    the same file for the same rows (no date inside)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import curves
+
+    table = [{"candidate": name, "step": step, "train_s": 60.0 * step, "modes_covered": modes, "class_kl": kl}
+             for name, rows in (("a", ((1, 100, 3.0), (2, 400, 1.0))), ("b", ((1, 700, 0.5), (2, 990, 0.1))))
+             for step, modes, kl in rows]
+    curves.plot(table, tmp_path / "one.svg")
+    curves.plot(table, tmp_path / "two.svg")
+    svg = (tmp_path / "one.svg").read_text()
+    assert svg.startswith("<?xml") and "modes covered" in svg and "class KL" in svg
+    assert "<!-- a -->" in svg and "<!-- b -->" in svg  # the legend names each candidate
+    assert (tmp_path / "one.svg").read_bytes() == (tmp_path / "two.svg").read_bytes()
