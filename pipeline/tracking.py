@@ -499,6 +499,32 @@ LOCK_LEASE_SECONDS = 300
 LOCK_WAIT_SECONDS = 600
 
 
+def _process_space() -> str | None:
+    """This boot of this machine and its process namespace, where Linux tells them: two
+    processes that share it see the same PIDs, so one can tell whether the other's
+    PID is still alive. None elsewhere."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
+def _holder_gone(tags: dict) -> bool:
+    """Whether a lock's holder was a process of this process space that no longer runs:
+    a SIGKILLed export releases nothing, and its lock need not wait out the lease."""
+    space, pid = tags.get("process_space"), tags.get("pid", "")
+    if space is None or space != _process_space() or not pid.isdigit():
+        return False  # another machine's, container's or boot's: only the lease tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    return False
+
+
 @contextlib.contextmanager
 def registry_lock(name: str = REGISTERED_MODEL) -> Iterator[None]:
     """One promotion of registered model `name` at a time, among every process on every
@@ -515,10 +541,11 @@ def registry_lock(name: str = REGISTERED_MODEL) -> Iterator[None]:
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         try:
-            c.create_registered_model(lock, tags={"holder": holder}, description=(
+            tags = {"holder": holder, "pid": str(os.getpid()), "process_space": _process_space() or ""}
+            c.create_registered_model(lock, tags=tags, description=(
                 f"Held while an export decides the champion of {name}; deleted when it is done. "
-                f"One older than {LOCK_LEASE_SECONDS} s belonged to an export that died, and the next export "
-                "breaks it."))
+                f"One whose process is gone, or one older than {LOCK_LEASE_SECONDS} s, belonged to an export "
+                "that died, and the next export breaks it."))
             break
         except MlflowException as e:
             # Held; or released while the store told us so (it then finds no such model).
@@ -543,8 +570,10 @@ def _break_if_stale(lock: str) -> None:
     except MlflowException:
         return  # released meanwhile
     age = time.time() - held.creation_timestamp / 1000
-    if age > LOCK_LEASE_SECONDS:
-        print(f"export: breaking the registry lock {lock!r} of {held.tags.get('holder')}, held {age:.0f} s")
+    gone = _holder_gone(held.tags)
+    if gone or age > LOCK_LEASE_SECONDS:
+        why = "its process is gone" if gone else f"held {age:.0f} s"
+        print(f"export: breaking the registry lock {lock!r} of {held.tags.get('holder')}: {why}")
         with contextlib.suppress(MlflowException):
             client().delete_registered_model(lock)
 

@@ -211,3 +211,29 @@ def test_a_result_run_of_its_own_gets_the_curves_but_not_the_system_metrics(stor
         pass
     # They describe the machine while it trained, not this run.
     assert list(store.client.get_run(own.run_id).data.metrics) == ["d_loss"]
+
+
+def test_a_killed_exporters_registry_lock_is_broken_at_once_and_a_live_ones_is_kept(store, monkeypatch):
+    """A SIGKILLed export leaves its lock behind: the next export on the same machine sees
+    that the holder's process is gone and takes the lock without waiting out the lease.
+    A live holder's lock is kept (the lease, not the PID, speaks for other machines)."""
+    name = "lock-test-model"
+    lock = name + tracking.LOCK_SUFFIX
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = tracking._process_space()
+    assert here  # Linux: the test machine's boot and PID namespace
+    monkeypatch.setattr(tracking, "LOCK_WAIT_SECONDS", 2)
+    store.client.create_registered_model(lock, tags={"holder": "killed", "pid": str(dead.pid), "process_space": here})
+    with tracking.registry_lock(name):
+        assert store.client.get_registered_model(lock).tags["pid"] == str(os.getpid())
+    assert not [m for m in store.client.search_registered_models() if m.name == lock]  # released
+
+    for tags in ({"holder": "alive here", "pid": str(os.getppid()), "process_space": here},
+                 {"holder": "elsewhere", "pid": str(dead.pid), "process_space": "another machine"}):
+        store.client.create_registered_model(lock, tags=tags)
+        with pytest.raises(errors.StageError, match="was held"):
+            with tracking.registry_lock(name):
+                pass
+        assert store.client.get_registered_model(lock).tags["holder"] == tags["holder"]
+        store.client.delete_registered_model(lock)
