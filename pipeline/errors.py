@@ -12,6 +12,9 @@ import sys
 from typing import Callable
 
 
+RESUMES = " (it resumes from its last checkpoint)"
+
+
 class StageError(Exception):
     """A problem the user can fix: a bad param, a missing or corrupt file."""
 
@@ -26,7 +29,10 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
-def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None, *,
+              resumes: bool = False) -> None:
+    """`main(argv)`, its errors as one line and an exit status. `resumes`: the stage picks
+    up from its last checkpoint when run again (train), which the stop's line says."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
         main(argv)
@@ -35,5 +41,5 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
         raise SystemExit(1) from None
     except KeyboardInterrupt as exc:
         how, code = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
-        print(f"error: {how}; run the stage again (train resumes from its last checkpoint)", file=sys.stderr)
+        print(f"error: {how}; run the stage again{RESUMES if resumes else ''}", file=sys.stderr)
         raise SystemExit(code) from None

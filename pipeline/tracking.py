@@ -272,7 +272,7 @@ class Run:
 
 
 @contextlib.contextmanager
-def _lifecycle(run: Run) -> Iterator[Run]:
+def _lifecycle(run: Run, resumes: bool = False) -> Iterator[Run]:
     """FINISHED on success; FAILED on any exception, Ctrl-C and SIGTERM included. A
     tracking server lost for longer than MLflow's retries wait (a few minutes) cannot be
     told FAILED: the run stays RUNNING, and the stage stops in one line. So does an object
@@ -295,7 +295,7 @@ def _lifecycle(run: Run) -> Iterator[Run]:
             raise StageError(
                 f"lost the MLflow tracking server at {redact(tracking_uri())} (MLFLOW_TRACKING_URI) through "
                 f"MLflow's retries: {lost}; run {run.name} stays RUNNING: run the stage again once the server "
-                "answers (train resumes from its last checkpoint into the same run)") from None
+                f"answers{' (it resumes from its last checkpoint into the same run)' if resumes else ''}") from None
         raise
     client().set_terminated(run.run_id, "FINISHED")
 
@@ -376,7 +376,7 @@ def system_metrics(run_id: str, interval: float = SYSTEM_METRICS_SECONDS, resume
 @contextlib.contextmanager
 def _training(run: Run, resumed: bool) -> Iterator[Run]:
     # The sampler stops before the run is marked FINISHED or FAILED.
-    with _lifecycle(run), system_metrics(run.run_id, resume=resumed):
+    with _lifecycle(run, resumes=True), system_metrics(run.run_id, resume=resumed):
         yield run
 
 

@@ -239,7 +239,7 @@ class Gate(keras.callbacks.Callback):
 
 fit = train.fit
 train.fit = lambda *a, **k: fit(*a, extra_callbacks=[Gate()], **k)
-errors.run_stage(train.main, sys.argv[1:])
+errors.run_stage(train.main, sys.argv[1:], resumes=True)
 """
 OUTAGE_STEPS, OUTAGE_AT, OUTAGE_SECONDS = 30, 10, 5
 
@@ -336,6 +336,7 @@ def test_an_outage_longer_than_the_retries_stops_in_one_line_and_resumes_the_sam
     assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
     assert f"lost the MLflow tracking server at {state['mlflow_url']}" in errors[0]
     assert "stays RUNNING" in errors[0] and "run the stage again" in errors[0]
+    assert "it resumes from its last checkpoint into the same run" in errors[0]  # a training run
     meta = json.loads((tmp_path / "models/checkpoints/meta.json").read_text())
     assert meta["step"] == OUTAGE_AT and not meta["complete"]
 

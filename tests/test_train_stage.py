@@ -170,7 +170,7 @@ def test_interrupt_and_kill_then_resume_exactly(tmp_path, straight):
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-2000:]
-    assert f"error: {word}; run the stage again" in err
+    assert f"error: {word}; run the stage again (it resumes from its last checkpoint)" in err
     meta = checkpoint_meta(d)
     assert meta["step"] == 10 and not meta["complete"]
     run_id = meta["run_id"]
