@@ -131,10 +131,15 @@ def _files(root: Path, bucket: str, key: str) -> tuple[Path, Path]:
 
 
 def _write(path: Path, data: bytes) -> None:
-    """All of `data` at `path`, or `path` as it was: a kill mid-write leaves a temp file."""
+    """All of `data` at `path`, or `path` as it was: a kill mid-write leaves a temp file.
+    The bytes reach the disk before the rename, so an object the client was told is
+    stored survives a power cut too, not only a killed process."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
