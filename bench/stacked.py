@@ -1,8 +1,9 @@
-"""Stacked MNIST's results table (docs/stacked.md): the papers' DCGAN and
-PacDCGAN2 recipes over several training seeds, each row made from the MLflow
-result runs, beside the rows VEEGAN and PacGAN published.
+"""Stacked MNIST's results table (docs/stacked.md): the papers' DCGAN, PacDCGAN2
+and PacDCGAN4 and PacDCGAN2's variants (two G updates a step, the weight average)
+over several training seeds, each row made from the MLflow result runs, beside the
+rows VEEGAN and PacGAN published.
 
-    python bench/stacked.py                                     # both recipes, seeds 0 1 2
+    python bench/stacked.py                                     # the five recipes, seeds 0 1 2
     python bench/stacked.py --set train.steps=1000 --work /tmp/stacked
     python bench/stacked.py --table-only --work /tmp/stacked    # the table from the runs there
     python bench/stacked.py --table-only --tracking-uri http://tracking:5000
@@ -50,7 +51,8 @@ from bench.seeds import cpu_model, shared_stages, train_and_evaluate  # noqa: E4
 from ops.recipe import overrides as recipe_overrides  # noqa: E402
 from pipeline import atomic, params  # noqa: E402
 
-RECIPES = ("dcgan_paper_stacked", "dcgan_paper_pac2")
+RECIPES = ("dcgan_paper_stacked", "dcgan_paper_pac2", "dcgan_paper_pac2_g2", "dcgan_paper_pac4",
+           "dcgan_paper_pac2_ema")
 # As VEEGAN (Srivastava et al. 2017, table 2) and PacGAN (Lin et al. 2018, table 3)
 # report them: their DCGAN-style architecture, their MNIST classifier, full training.
 PAPERS = (
@@ -188,7 +190,7 @@ def table(runs: list[dict], floor_rows: list[dict] | None = None) -> str:
         medians = [f"{statistics.median(xs):.0f}" if xs else "–" for xs in (train_s, eval_s)]
         lines.append(
             f"| {name} | this project | {steps} steps × {batch} ({steps * batch / n_train:.2g} epochs of "
-            f"{n_train:,}); {n_samples:,} samples | {', '.join(r['params']['train.seed'] for r in rs)} "
+            f"{n_train:,}); {n_samples:,} samples | {', '.join(r['params'][SEED] for r in rs)} "
             f"| {mean_std(modes, 1)} | {mean_std(kls, 3)} | {' / '.join(str(int(m)) for m in modes)} "
             f"| {' | '.join(medians)} |")
     for name, modes, kl, source in PAPERS:

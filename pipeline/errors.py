@@ -29,10 +29,11 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
-def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None, *,
-              resumes: bool = False) -> None:
-    """`main(argv)`, its errors as one line and an exit status. `resumes`: the stage picks
-    up from its last checkpoint when run again (train), which the stop's line says."""
+def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """`main(argv)`, its errors as one line and an exit status. A stage whose module sets
+    RESUMES_FROM_CHECKPOINT (train) picks up where it stopped when run again, and its
+    stop's line says so."""
+    resumes = getattr(sys.modules.get(main.__module__), "RESUMES_FROM_CHECKPOINT", False)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         main(argv)

@@ -26,6 +26,7 @@ from pipeline.archs import DIGITS, OptimizerParams
 from pipeline.errors import StageError, run_stage
 
 FIXED_Z = 64  # samples in the collapse watch; the grid shows the first 16
+RESUMES_FROM_CHECKPOINT = True  # run again after a stop, it goes on from its last checkpoint (errors.run_stage)
 
 
 def dataset(x: np.ndarray, batch_size: int, seed: int, skip_batches: int = 0, n_critic: int = 1,
@@ -283,4 +284,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, resumes=True)
+    run_stage(main)

@@ -239,7 +239,7 @@ class Gate(keras.callbacks.Callback):
 
 fit = train.fit
 train.fit = lambda *a, **k: fit(*a, extra_callbacks=[Gate()], **k)
-errors.run_stage(train.main, sys.argv[1:], resumes=True)
+errors.run_stage(train.main, sys.argv[1:])
 """
 OUTAGE_STEPS, OUTAGE_AT, OUTAGE_SECONDS = 30, 10, 5
 
