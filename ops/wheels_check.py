@@ -3,23 +3,30 @@ for each Python that `requires-python` admits, without running that Python.
 
     python ops/wheels_check.py 3.12 3.13
 
-1. The whole set is resolved for this Python (`pip install --dry-run --report`),
-   which names every distribution it would install.
-2. A distribution published only as an sdist is built here into a wheel; it
-   must come out pure Python (`py3-none-any`), which installs on any Python 3.
-3. For each other version asked for, `pip install --dry-run --only-binary=:all:
-   --python-version V` resolves the set from wheels alone, with those
-   pure-Python wheels offered through `--find-links`. For this Python's own
-   version, steps 1 and 2 already prove it.
+For each version V asked for:
+1. The whole set is resolved for V as an install would resolve it, sources
+   allowed (`uv pip compile --python-version V --format pylock.toml`), which
+   names every distribution and the files it is published as.
+2. A distribution with no wheel for V on the index (an sdist only) is built
+   here into a wheel with pip; it must come out pure Python (`py3-none-any`),
+   which installs on any Python 3.
+3. The set is resolved again from wheels alone (`--only-binary :all:`), with
+   those pure-Python wheels offered through `--find-links`. It must pin the
+   same versions as step 1: a wheels-only resolution that has to fall back to
+   other versions (a pre-release, an older release) is not what users get.
 
-pip reads the user's configuration (indexes, find-links) as for any install.
-Resolution fetches metadata, not the wheels. Exit status 1 names what fails.
+uv resolves from the wheels' metadata alone, never downloading the wheels
+(pip's dry run fetches every one, gigabytes for the CUDA extra). It reads its
+own index configuration (UV_INDEX_URL, UV_EXTRA_INDEX_URL, UV_FIND_LINKS,
+uv.toml) and retries failed requests; pip, which builds the sdists, reads
+pip's. Exit status 1 names what fails.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,25 +47,81 @@ def requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
     return reqs
 
 
-def _pip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
+def _uv() -> str:
+    """The environment's own uv (a pinned dev dependency), else one on PATH."""
+    here = Path(sys.executable).with_name("uv")
+    found = str(here) if here.exists() else shutil.which("uv")
+    if not found:
+        raise SystemExit("uv is not installed: `pip install -e .[dev]` installs the pinned one")
+    return found
+
+
+def resolve(reqs_file: Path, version: str, out: Path, *extra: str) -> dict[str, dict]:
+    """name -> pylock package entry of the set resolved for Python `version`."""
+    # --python: this interpreter answers for the platform, so uv queries no other one.
+    proc = subprocess.run([_uv(), "pip", "compile", "--quiet", "--no-header", "--python", sys.executable,
+                           "--python-version", version,
+                           "--format", "pylock.toml", "-o", str(out), *extra, str(reqs_file)],
                           capture_output=True, text=True)
-
-
-def _resolve(reqs_file: Path, report: Path, *extra: str) -> list[dict]:
-    with tempfile.TemporaryDirectory() as target:
-        proc = _pip("install", "--quiet", "--dry-run", "--ignore-installed", "--target", target,
-                    "--report", str(report), *extra, "-r", str(reqs_file))
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR") or "requires" in ln]
-        raise SystemExit("\n".join(lines[-12:]) or proc.stderr[-2000:])
-    return json.loads(report.read_text())["install"]
+        raise SystemExit(proc.stderr.strip()[-2000:] or f"uv pip compile exited {proc.returncode}")
+    return {p["name"]: p for p in tomllib.loads(out.read_text())["packages"]}
 
 
-def sdist_only(installs: list[dict]) -> list[tuple[str, str]]:
-    """(name, version) of each distribution the resolution takes from an sdist."""
-    return [(i["metadata"]["name"], i["metadata"]["version"]) for i in installs
-            if not i["download_info"]["url"].split("#")[0].endswith(".whl")]
+def without_wheels(packages: dict[str, dict]) -> list[tuple[str, str]]:
+    """(name, version) of each distribution the resolution found no wheel of
+    for its Python (the pylock lists only the wheels that install there)."""
+    return sorted((name, p["version"]) for name, p in packages.items() if not p.get("wheels"))
+
+
+def pins(packages: dict[str, dict]) -> dict[str, str]:
+    return {name: p["version"] for name, p in packages.items()}
+
+
+def build_pure_wheel(name: str, version: str, wheels: Path) -> str | None:
+    """Builds name==version from its sdist into `wheels`; None when it builds a
+    pure-Python wheel, else what went wrong."""
+    stem = f"{name.replace('-', '_')}-{version}-"
+    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "wheel", "--quiet",
+                           "--no-deps", "--no-binary", name, "-w", str(wheels), f"{name}=={version}"],
+                          capture_output=True, text=True)
+    built = sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(stem.lower()))
+    if proc.returncode != 0 or not built:
+        return f"has no wheel on the index and its sdist did not build: {proc.stderr[-500:]}"
+    tag = built[0].name[len(stem):-len(".whl")]
+    if tag != "py3-none-any":
+        return f"has no wheel on the index and its sdist builds a {tag} wheel, not a pure-Python one"
+    return None
+
+
+def check(version: str, reqs_file: Path, work: Path) -> tuple[bool, str]:
+    """Steps 1-3 of the module's docstring for one Python version."""
+    work.mkdir()
+    try:
+        wanted = resolve(reqs_file, version, work / "pylock.sources.toml")
+    except SystemExit as exc:
+        return False, f"FAIL: Python {version}: the set does not resolve:\n{exc}"
+    wheels = work / "wheels"
+    wheels.mkdir()
+    lines = []
+    for name, v in without_wheels(wanted):
+        problem = build_pure_wheel(name, v, wheels)
+        if problem:
+            return False, f"FAIL: Python {version}: {name}=={v} {problem}"
+        lines.append(f"  {name}=={v}: no wheel on the index; its sdist builds a pure-Python wheel (py3-none-any)")
+    # A --find-links on the command line replaces UV_FIND_LINKS: the user's are passed on too.
+    links = [str(wheels), *filter(None, os.environ.get("UV_FIND_LINKS", "").split(","))]
+    try:
+        got = resolve(reqs_file, version, work / "pylock.wheels.toml", "--only-binary", ":all:",
+                      *(arg for link in links for arg in ("--find-links", link)))
+    except SystemExit as exc:
+        return False, f"FAIL: Python {version}: no wheels-only resolution:\n{exc}"
+    differ = {n: (pins(wanted).get(n), pins(got).get(n)) for n in pins(wanted).keys() | pins(got).keys()
+              if pins(wanted).get(n) != pins(got).get(n)}
+    if differ:
+        shown = ", ".join(f"{n} {a} -> {b}" for n, (a, b) in sorted(differ.items()))
+        return False, f"FAIL: Python {version}: from wheels alone the set pins other versions: {shown}"
+    return True, "\n".join([*lines, f"Python {version}: all {len(got)} distributions resolve to wheels"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,40 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "requirements.txt").write_text("\n".join(reqs) + "\n")
-        here = _resolve(tmp / "requirements.txt", tmp / "here.json")
-        print(f"{len(reqs)} pinned requirements resolve to {len(here)} distributions for this Python "
-              f"({sys.version_info.major}.{sys.version_info.minor})")
-        wheels = tmp / "wheels"
-        for name, version in sdist_only(here):
-            proc = _pip("wheel", "--quiet", "--no-deps", "--no-binary", name, "-w", str(wheels), f"{name}=={version}")
-            built = sorted(wheels.glob(f"{name.replace('-', '_')}-{version}-*.whl"), key=lambda p: p.name.lower())
-            if proc.returncode != 0 or not built:
-                print(f"FAIL: {name}=={version} is published as an sdist only and did not build: "
-                      f"{proc.stderr[-500:]}")
-                return 1
-            tag = built[0].name[len(f"{name.replace('-', '_')}-{version}-"):-len(".whl")]
-            if tag != "py3-none-any":
-                print(f"FAIL: {name}=={version} is an sdist only and builds a {tag} wheel, not a pure-Python one")
-                return 1
-            print(f"  {name}=={version}: sdist only on the index; builds a pure-Python wheel ({tag})")
-        links = ["--find-links", str(wheels)] if wheels.exists() else []
-
-        def check(v: str) -> tuple[bool, str]:
-            if v == f"{sys.version_info.major}.{sys.version_info.minor}":
-                # This Python's resolution is the one above: its sdists build pure-Python wheels.
-                return True, f"Python {v}: all {len(here)} distributions resolve to wheels (this Python)"
-            try:
-                got = _resolve(tmp / "requirements.txt", tmp / f"py{v}.json", "--only-binary=:all:",
-                               "--python-version", v, *links)
-            except SystemExit as exc:
-                return False, f"FAIL: Python {v}: no wheels-only resolution:\n{exc}"
-            return True, f"Python {v}: all {len(got)} distributions resolve to wheels"
-
-        # One pip per version at once: resolution waits on the index, not the CPU.
+        print(f"{len(reqs)} pinned requirements, resolved for Python {', '.join(args.versions)}")
+        # One resolution per version at once: they wait on the index, not the CPU.
         with concurrent.futures.ThreadPoolExecutor(len(args.versions)) as pool:
-            results = list(pool.map(check, args.versions))
-        for _, line in results:
-            print(line)
+            results = list(pool.map(lambda v: check(v, tmp / "requirements.txt", tmp / f"py{v}"), args.versions))
+        for _, text in results:
+            print(text)
         return 0 if all(ok for ok, _ in results) else 1
 
 
