@@ -110,8 +110,15 @@ serve: install
 # containerizing it (`bentoml containerize <tag>`) needs a Docker engine.
 .PHONY: bento
 bento: install
+	@$(BIN)/python ops/serving_lock.py --check
 	@MNIST_GAN_KIND=$(KIND) $(BIN)/python -m serving.selection $(MODEL)
 	$(BIN)/bentoml build -f serving/bentofile.yaml --arg model=$$(MNIST_GAN_KIND=$(KIND) $(BIN)/python -m serving.selection --tag $(MODEL)) .
+
+# The Bento's exact packages (serving/requirements.lock.txt), after a change to
+# serving/requirements.txt or to BentoML's version.
+.PHONY: lock
+lock: install-dev
+	$(BIN)/python ops/serving_lock.py
 
 # The runs page of the experiment (MLflow 3 otherwise opens on its GenAI pages).
 ui: install

@@ -47,7 +47,7 @@ def requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
     return reqs
 
 
-def _uv() -> str:
+def uv() -> str:
     """The environment's own uv (a pinned dev dependency), else one on PATH."""
     here = Path(sys.executable).with_name("uv")
     found = str(here) if here.exists() else shutil.which("uv")
@@ -59,7 +59,7 @@ def _uv() -> str:
 def resolve(reqs_file: Path, version: str, out: Path, *extra: str) -> dict[str, dict]:
     """name -> pylock package entry of the set resolved for Python `version`."""
     # --python: this interpreter answers for the platform, so uv queries no other one.
-    proc = subprocess.run([_uv(), "pip", "compile", "--quiet", "--no-header", "--python", sys.executable,
+    proc = subprocess.run([uv(), "pip", "compile", "--quiet", "--no-header", "--python", sys.executable,
                            "--python-version", version,
                            "--format", "pylock.toml", "-o", str(out), *extra, str(reqs_file)],
                           capture_output=True, text=True)
