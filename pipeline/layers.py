@@ -40,23 +40,25 @@ class VirtualLabel(layers.Layer):
     the generator gets k disconnected paths while its input stays z ~ N(0, I)
     (Shi et al. 2019, "virtual conditional GAN"). A generator of one connected
     latent space must draw images between its modes (digits between two
-    classes); the code lets it jump instead."""
+    classes); the code lets it jump instead. With `groups` g, g such codes are
+    read off g disjoint slices of z (z[:k], z[k:2k], ...), independent of one
+    another: k ** g paths from g * k inputs, as Stacked MNIST's 1,000 modes
+    are three independent digits."""
 
-    def __init__(self, k: int, scale: float = 1.0, **kw):
+    def __init__(self, k: int, scale: float = 1.0, groups: int = 1, **kw):
         super().__init__(**kw)
-        self.k, self.scale = k, scale
+        self.k, self.scale, self.groups = k, scale, groups
 
     def call(self, z):
-        code = ops.one_hot(ops.argmax(z[:, :self.k], axis=-1), self.k, dtype=z.dtype)
-        return ops.concatenate([z, code * self.scale], axis=-1)
+        codes = [ops.one_hot(ops.argmax(z[:, g * self.k:(g + 1) * self.k], axis=-1), self.k, dtype=z.dtype)
+                 for g in range(self.groups)]
+        return ops.concatenate([z, *(code * self.scale for code in codes)], axis=-1)
 
     def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], input_shape[-1] + self.k)
+        return (*input_shape[:-1], input_shape[-1] + self.k * self.groups)
 
     def get_config(self):
-        return {**super().get_config(), "k": self.k, "scale": self.scale}
-
-
+        return {**super().get_config(), "k": self.k, "scale": self.scale, "groups": self.groups}
 
 
 @keras.saving.register_keras_serializable(package="mnist_gan")
@@ -156,13 +158,13 @@ def critic_head(d: CriticInput, features, **dense) -> keras.Model:
     return keras.Model(d.inputs, logit, name="discriminator")
 
 
-def latent(z_dim: int, virtual_labels: int = 0, virtual_scale: float = 1.0, condition: str = "none",
-           condition_scale: float = 1.0):
+def latent(z_dim: int, virtual_labels: int = 0, virtual_scale: float = 1.0, virtual_groups: int = 1,
+           condition: str = "none", condition_scale: float = 1.0):
     """The generator's inputs (z, or [z, digit] when conditional) and what its first
     layer reads: z, with its virtual label (`train.virtual_labels`) and its digit's
     one-hot (`train.condition`) appended."""
     z = keras.Input((z_dim,), name="z")
-    x = VirtualLabel(virtual_labels, virtual_scale)(z) if virtual_labels else z
+    x = VirtualLabel(virtual_labels, virtual_scale, virtual_groups)(z) if virtual_labels else z
     if condition == "none":
         return z, x
     digit = keras.Input((), dtype="int32", name="digit")

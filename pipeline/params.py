@@ -83,9 +83,11 @@ class _Train(Section):
     g_steps: int = Field(ge=1, le=8)  # G updates per step, after the loss's n_critic D updates
     standing_samples: int = Field(ge=16, le=1 << 20)  # draws of z for gan.standing_statistics
     # Any generator: z gains a one-hot code of the argmax of its first k components, times
-    # virtual_scale (0: none, as the seeds; layers.VirtualLabel).
+    # virtual_scale (0: none, as the seeds; layers.VirtualLabel); virtual_groups such codes
+    # from the next k components each.
     virtual_labels: int = Field(ge=0, le=1024)
     virtual_scale: float = Field(gt=0, le=100)
+    virtual_groups: int = Field(ge=1, le=16)
     # mirrored: data-parallel over every GPU (else every CPU device) of this machine; multi_worker:
     # over the hosts TF_CONFIG names (distribution.strategy). Either way batch_size is the global batch.
     strategy: Literal["default", "mirrored", "multi_worker"]
@@ -148,9 +150,10 @@ class _Train(Section):
         if self.jit_compile is True and self.strategy != "default":
             raise ValueError(f"train.jit_compile: true cannot run under train.strategy: {self.strategy} (XLA needs the "
                              "variables on one device); use auto or false")
-        if self.virtual_labels > self.z_dim:
-            raise ValueError(f"train.virtual_labels={self.virtual_labels} must be at most train.z_dim={self.z_dim} "
-                             "(the code is read off z's first components)")
+        if self.virtual_labels * self.virtual_groups > self.z_dim:
+            raise ValueError(f"train.virtual_labels={self.virtual_labels} times train.virtual_groups="
+                             f"{self.virtual_groups} must be at most train.z_dim={self.z_dim} "
+                             "(each code is read off its own components of z)")
         if self.batch_size % self.pack:
             raise ValueError(f"train.batch_size={self.batch_size} must be a multiple of train.pack={self.pack} "
                              "(D judges the batch in packs of that many images)")

@@ -95,7 +95,7 @@ def test_virtual_label_is_a_uniform_code_read_off_z():
 
 @pytest.mark.parametrize("arch", archs.NAMES)
 def test_generators_with_virtual_labels_save_and_load(arch, tmp_path):
-    p = train_params(arch=arch, z_dim=16, virtual_labels=10)
+    p = train_params(arch=arch, z_dim=16, virtual_labels=5, virtual_groups=2)
     g = models.build_generator(p)
     assert any(isinstance(layer, layers.VirtualLabel) for layer in g.layers) and g.input_shape == (None, 16)
     z = np.random.default_rng(1).standard_normal((4, 16)).astype("float32")
@@ -113,8 +113,30 @@ def test_generators_with_virtual_labels_save_and_load(arch, tmp_path):
 def test_virtual_labels_cannot_exceed_z_dim():
     from pipeline.errors import StageError
 
-    with pytest.raises(StageError, match="train.virtual_labels=20 must be at most train.z_dim=16"):
+    with pytest.raises(StageError, match="train.virtual_labels=20 times train.virtual_groups=1 must be at most "
+                                         "train.z_dim=16"):
         train_params(z_dim=16, virtual_labels=20)
+    with pytest.raises(StageError, match="train.virtual_labels=6 times train.virtual_groups=3 must be at most "
+                                         "train.z_dim=16"):
+        train_params(z_dim=16, virtual_labels=6, virtual_groups=3)
+    assert train_params(z_dim=16, virtual_labels=5, virtual_groups=3).virtual_groups == 3
+
+
+def test_virtual_label_groups_are_independent_uniform_codes_off_disjoint_slices():
+    """Three codes of 10 from z[:10], z[10:20], z[20:30]: each uniform, their
+    1,000 combinations uniform too (the three are independent)."""
+    k, groups, n = 10, 3, 200_000
+    z = np.random.default_rng(2).standard_normal((n, 40)).astype("float32")
+    out = np.asarray(layers.VirtualLabel(k, 2.0, groups)(z))
+    assert out.shape == (n, 40 + k * groups)
+    np.testing.assert_array_equal(out[:, :40], z)
+    codes = out[:, 40:].reshape(n, groups, k)
+    assert set(np.unique(codes)) == {0.0, 2.0} and (codes.sum(-1) == 2.0).all()
+    np.testing.assert_array_equal(codes.argmax(-1), z[:, :30].reshape(n, groups, k).argmax(-1))
+    combined = codes.argmax(-1) @ np.array([100, 10, 1])
+    counts = np.bincount(combined, minlength=1000)
+    chi2 = ((counts - n / 1000) ** 2 / (n / 1000)).sum()
+    assert chi2 < 1180, chi2  # 999 degrees of freedom: p < 1e-4 beyond about 1180
 
 
 @pytest.mark.graphviz
