@@ -1,9 +1,10 @@
 """Stacked MNIST's results table (docs/stacked.md): the papers' DCGAN, PacDCGAN2
-and PacDCGAN4 and PacDCGAN2's variants (two G updates a step, the weight average)
+and PacDCGAN4 and PacDCGAN2's variants (two G updates a step, with virtual codes
+too; the weight average)
 over several training seeds, each row made from the MLflow result runs, beside the
 rows VEEGAN and PacGAN published.
 
-    python bench/stacked.py                                     # the five recipes, seeds 0 1 2
+    python bench/stacked.py                                     # the six recipes, seeds 0 1 2
     python bench/stacked.py --set train.steps=1000 --work /tmp/stacked
     python bench/stacked.py --table-only --work /tmp/stacked    # the table from the runs there
     python bench/stacked.py --table-only --tracking-uri http://tracking:5000
@@ -37,6 +38,7 @@ import hashlib
 import json
 import os
 import statistics
+from collections import Counter
 import sys
 import tempfile
 import time
@@ -52,7 +54,7 @@ from ops.recipe import overrides as recipe_overrides  # noqa: E402
 from pipeline import atomic, params  # noqa: E402
 
 RECIPES = ("dcgan_paper_stacked", "dcgan_paper_pac2", "dcgan_paper_pac2_g2", "dcgan_paper_pac4",
-           "dcgan_paper_pac2_ema")
+           "dcgan_paper_pac2_ema", "dcgan_paper_pac2_g2_virtual")
 # As VEEGAN (Srivastava et al. 2017, table 2) and PacGAN (Lin et al. 2018, table 3)
 # report them: their DCGAN-style architecture, their MNIST classifier, full training.
 PAPERS = (
@@ -98,9 +100,17 @@ def distinguishing(settings: list[tuple]) -> list[str]:
     return [k for k in keys if len({dict(s).get(k) for s in settings}) > 1]
 
 
-def label(params: dict, shown: list[str]) -> str:
-    """The method's name, then the settings that set its row apart from the others'."""
-    extra = ", ".join(f"{k} {params.get(k, '–')}" for k in shown)
+def usual(settings: list[tuple], keys: list[str]) -> dict[str, str | None]:
+    """Each key's most common value over the rows (None: the param is absent, as in
+    runs made before it existed); the first row's value wins a tie."""
+    return {k: Counter(dict(s).get(k) for s in settings).most_common(1)[0][0] for k in keys}
+
+
+def label(params: dict, shown: list[str], usual_values: dict[str, str | None] | None = None) -> str:
+    """The method's name, then the settings that set its row apart from the others':
+    those of `shown`, less any at its usual value (`usual`) when given."""
+    extra = ", ".join(f"{k} {params.get(k, '–')}" for k in shown
+                      if usual_values is None or params.get(k) != usual_values[k])
     return f"{method(params)}; {extra}" if extra else method(params)
 
 
@@ -175,7 +185,8 @@ def table(runs: list[dict], floor_rows: list[dict] | None = None) -> str:
     for r in runs:
         groups.setdefault(setting(r["params"]), []).append(r)
     shown = distinguishing(list(groups))
-    named = sorted(((label(rs[0]["params"], shown), budget(rs[0]["params"]), rs) for rs in groups.values()),
+    common = usual(list(groups), shown)
+    named = sorted(((label(rs[0]["params"], shown, common), budget(rs[0]["params"]), rs) for rs in groups.values()),
                    key=lambda row: row[:2])
     lines = ["| method | source | budget | seeds | modes (of 1,000) | KL | modes per seed | train s (median) "
              "| evaluate s (median) |", "|---|---|---|---|---:|---:|---|---:|---:|"]

@@ -59,8 +59,8 @@ def test_one_row_per_method_with_the_seeds_mean_and_spread(runs):
     _, text = runs
     rows = [line for line in text.splitlines() if "| this project |" in line]
     assert len(rows) == 3
-    dcgan = next(r for r in rows if r.startswith("| DCGAN; train.ema 0.0 |"))
-    pac = next(r for r in rows if r.startswith("| PacDCGAN2; train.ema 0.0 |"))
+    dcgan = next(r for r in rows if r.startswith("| DCGAN | this project |"))
+    pac = next(r for r in rows if r.startswith("| PacDCGAN2 | this project |"))
     averaged = next(r for r in rows if r.startswith("| PacDCGAN2; train.ema 0.999 |"))
     assert "| 900 / 950 |" in averaged and "| 700 / 800 |" in pac  # never mixed into one row
     assert f"{statistics.mean([10, 30, 20]):.1f} ± {statistics.stdev([10, 30, 20]):.1f}" in dcgan
@@ -104,6 +104,23 @@ def test_a_row_is_named_by_only_what_sets_it_apart():
     assert shown == ["train.r1"]  # steps are in the budget column already
     assert stacked.label(runs[3], shown) == "PacDCGAN2; train.r1 1.0"
     assert stacked.label(runs[0], []) == "PacDCGAN2"
+    # Beside the usual value of each such param, a row names only where it departs from it.
+    common = stacked.usual(settings, shown)
+    assert common == {"train.r1": "0.0"}
+    assert [stacked.label(r, shown, common) for r in runs] == ["PacDCGAN2"] * 3 + ["PacDCGAN2; train.r1 1.0"]
+
+
+def test_a_param_older_runs_lack_is_shown_only_where_it_departs():
+    """Runs made before a param existed lack it (usual: absent); the run that sets it says so."""
+    base = {"train.arch": "dcgan_paper", "train.loss": "bce", "train.pack": "2", "train.virtual_labels": "0"}
+    runs = [dict(base, **{"train.g_steps": "2"}), dict(base, **{"train.ema": "0.999"}), dict(base),
+            dict(base, **{"train.g_steps": "2", "train.virtual_labels": "10", "train.virtual_groups": "3"})]
+    settings = [stacked.setting(p) for p in runs]
+    shown = stacked.distinguishing(settings)
+    common = stacked.usual(settings, shown)
+    assert [stacked.label(r, shown, common) for r in runs] == [
+        "PacDCGAN2, 2 G updates a step", "PacDCGAN2; train.ema 0.999", "PacDCGAN2",
+        "PacDCGAN2, 2 G updates a step; train.virtual_groups 3, train.virtual_labels 10"]
 
 
 def test_method_names_follow_the_papers():
