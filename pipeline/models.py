@@ -23,7 +23,8 @@ def build_generator(p, channels: int = 1) -> keras.Model:
     """The generator of `train.arch` (p: params.TrainParams), drawing images of `channels` (the data's)."""
     return archs.REGISTRY[p.arch].generator(p.z_dim, p.arch_params, channels=channels,
                                             virtual_labels=p.virtual_labels, virtual_scale=p.virtual_scale,
-                                            virtual_groups=p.virtual_groups, condition=p.condition, condition_scale=p.condition_scale)
+                                            virtual_groups=p.virtual_groups,
+                                            condition=p.condition, condition_scale=p.condition_scale)
 
 
 def build_discriminator(p, channels: int = 1) -> keras.Model:
