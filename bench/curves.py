@@ -20,11 +20,15 @@ so that candidates compare at equal wall time on the same machine; they go to
 docs/results/curves.md too (`--results DIR`, `--no-results`).
 
 The judge and the data are `--judge`/`--data` (default: prepared and trained
-here, once, in the work folder).
+here, once, in the work folder). A candidate whose curve reached its last step
+in the same work folder, with the same params, `--every`, data and judge, is
+kept and not trained again, so a stopped bench picks up at the candidate it was
+on, and a candidate can be added to the page without training the others anew.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -85,6 +89,21 @@ def curve(params_path: Path, data: Path, judge_path: Path, every: int, out: Path
 
     train.fit(gan, p, ds.x_train, verbose=0, extra_callbacks=[Scorer()])
     score(p.steps)
+
+
+def curve_key(doc: dict, every: int, data: Path, judge: Path) -> str:
+    """What a candidate's curve depends on: its params, the scoring interval, the data and the judge."""
+    digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in (data, judge)]
+    return json.dumps([doc, every, digests], sort_keys=True)
+
+
+def kept_curve(d: Path, key: str, steps: int) -> list[dict] | None:
+    """The rows of the curve scored before in `d` under `key`, once it reached `steps`; else None."""
+    key_file, out = d / "curve.key", d / "curve.jsonl"
+    if not (key_file.is_file() and out.is_file()) or key_file.read_text() != key:
+        return None
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    return rows if rows and rows[-1]["step"] == steps else None
 
 
 def plot(table: list[dict], path: Path) -> None:
@@ -151,16 +170,22 @@ def main(argv: list[str] | None = None) -> None:
         d = work / name
         d.mkdir(exist_ok=True)
         doc = params.with_sets(yaml.safe_load(args.params.read_text()), sets + extra)
-        (d / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-        out = d / "curve.jsonl"
-        out.unlink(missing_ok=True)
-        say(f"{name}: {' '.join(sets + extra) or 'params.yaml'}")
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", str(d / "params.yaml"),
-                               str(out), "_", "--every", str(args.every), "--data", str(data), "--judge", str(judge),
-                               "--work", str(d)], env=env)
-        if proc.returncode:
-            raise SystemExit(f"{name}: exited {proc.returncode}")
-        table += [{"candidate": name, **json.loads(line)} for line in out.read_text().splitlines()]
+        key = curve_key(doc, args.every, data, judge)
+        rows = kept_curve(d, key, doc["train"]["steps"])
+        say(f"{name}: {' '.join(sets + extra) or 'params.yaml'}{'; scored before, kept' if rows else ''}")
+        if rows is None:
+            (d / "curve.key").unlink(missing_ok=True)
+            (d / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+            out = d / "curve.jsonl"
+            out.unlink(missing_ok=True)
+            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", str(d / "params.yaml"),
+                                   str(out), "_", "--every", str(args.every), "--data", str(data),
+                                   "--judge", str(judge), "--work", str(d)], env=env)
+            if proc.returncode:
+                raise SystemExit(f"{name}: exited {proc.returncode}")
+            atomic.write_text(d / "curve.key", key)
+            rows = [json.loads(line) for line in out.read_text().splitlines()]
+        table += [{"candidate": name, **r} for r in rows]
 
     print(f"\n{cpu_model()}; for every candidate: {' '.join(extra) or 'nothing'}; work: {work}\n")
     say.keep(f"\nfor every candidate: {' '.join(extra) or 'nothing'}\n")

@@ -260,3 +260,31 @@ def test_the_curve_bench_draws_modes_and_kl_against_minutes_a_line_per_candidate
     assert svg.startswith("<?xml") and "modes covered" in svg and "class KL" in svg
     assert "<!-- a -->" in svg and "<!-- b -->" in svg  # the legend names each candidate
     assert (tmp_path / "one.svg").read_bytes() == (tmp_path / "two.svg").read_bytes()
+
+
+def test_the_curve_bench_keeps_a_finished_curve_of_the_same_params_data_and_judge(tmp_path):
+    """A candidate's curve is kept only under the same key (params, interval, data, judge)
+    and only once it reached the last step; anything else trains it again."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import curves
+
+    (tmp_path / "mnist.npz").write_bytes(b"data")
+    (tmp_path / "judge.keras").write_bytes(b"judge")
+    doc = {"train": {"steps": 4, "seed": 0}}
+    key = curves.curve_key(doc, 2, tmp_path / "mnist.npz", tmp_path / "judge.keras")
+    d = tmp_path / "candidate"
+    d.mkdir()
+    assert curves.kept_curve(d, key, 4) is None                      # nothing scored yet
+    (d / "curve.jsonl").write_text("".join(json.dumps({"step": s, "modes_covered": s}) + "\n" for s in (2, 4)))
+    (d / "curve.key").write_text(key)
+    assert [r["step"] for r in curves.kept_curve(d, key, 4)] == [2, 4]
+    assert curves.kept_curve(d, key, 6) is None                      # stopped before the last step
+    assert curves.kept_curve(d, curves.curve_key(doc, 1, tmp_path / "mnist.npz", tmp_path / "judge.keras"), 4) is None
+    assert curves.kept_curve(d, curves.curve_key({"train": {"steps": 4, "seed": 1}}, 2, tmp_path / "mnist.npz",
+                                                 tmp_path / "judge.keras"), 4) is None
+    (tmp_path / "judge.keras").write_bytes(b"another judge")
+    assert curves.kept_curve(d, curves.curve_key(doc, 2, tmp_path / "mnist.npz", tmp_path / "judge.keras"), 4) is None
