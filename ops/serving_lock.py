@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from wheels_check import uv
 
@@ -40,15 +41,15 @@ def bentoml_pin() -> str:
     return f"bentoml=={importlib.metadata.version('bentoml')}"
 
 
+def requirements(text: str) -> list[Requirement]:
+    """The requirement lines of a requirements file (comments and options left out)."""
+    lines = (line.split("#")[0].strip() for line in text.splitlines())
+    return [Requirement(line) for line in lines if line and not line.startswith("-")]
+
+
 def locked(text: str) -> dict[str, str]:
-    """name -> version of each `name==version` line of a lock."""
-    pins = {}
-    for line in text.splitlines():
-        line = line.split("#")[0].strip()
-        if line and not line.startswith("-"):
-            req = Requirement(line)
-            pins[req.name.lower().replace("_", "-")] = str(req.specifier).removeprefix("==")
-    return pins
+    """canonical name -> version of each `name==version` line of a lock."""
+    return {canonicalize_name(r.name): str(r.specifier).removeprefix("==") for r in requirements(text)}
 
 
 def problems(lock_text: str, requirements_text: str, bentoml: str) -> list[str]:
@@ -56,16 +57,12 @@ def problems(lock_text: str, requirements_text: str, bentoml: str) -> list[str]:
     the requirement's range, or a BentoML other than this environment's."""
     pins = locked(lock_text)
     found = []
-    for line in [*requirements_text.splitlines(), bentoml]:
-        line = line.split("#")[0].strip()
-        if not line:
-            continue
-        req = Requirement(line)
-        name = req.name.lower().replace("_", "-")
-        if name not in pins:
+    for req in requirements(f"{requirements_text}\n{bentoml}"):
+        version = pins.get(canonicalize_name(req.name))
+        if version is None:
             found.append(f"{req.name} is not pinned")
-        elif not req.specifier.contains(pins[name], prereleases=True):
-            found.append(f"{req.name}=={pins[name]} is outside {req.specifier}")
+        elif not req.specifier.contains(version, prereleases=True):
+            found.append(f"{req.name}=={version} is outside {req.specifier}")
     return found
 
 
