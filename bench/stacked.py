@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
 from bench.seeds import cpu_model, shared_stages, train_and_evaluate  # noqa: E402
 from ops.recipe import overrides as recipe_overrides  # noqa: E402
-from pipeline import atomic, params  # noqa: E402
+from pipeline import archs, atomic, params  # noqa: E402
 
 RECIPES = ("dcgan_paper_stacked", "dcgan_paper_pac2", "dcgan_paper_pac2_g2", "dcgan_paper_pac4",
            "dcgan_paper_pac2_ema", "dcgan_paper_pac2_g2_virtual")
@@ -64,7 +64,7 @@ PAPERS = (
     ("VEEGAN", 150, 2.95, "VEEGAN"),
     ("PacDCGAN2", 1000, 0.06, "PacGAN"),
 )
-ARCH_NAMES = {"dcgan_paper": "DCGAN"}
+ARCH_NAMES = {"dcgan_paper": "DCGAN", "mlp": "MLP GAN"}
 # The floor's draws: streams of their own, apart from the training (prepare.stacked_seed)
 # and held-out (prepare.stacked_seed + 1) sets', so each is a new draw of real images.
 FLOOR_STREAM = 1_000_000
@@ -79,13 +79,16 @@ def method(params: dict) -> str:
         name += f" ({loss})"
     pack, g_steps = int(params.get("train.pack", 1)), int(params.get("train.g_steps", 1))
     name = f"Pac{name}{pack}" if pack > 1 else name
+    d_arch = params.get("train.d_arch", params.get("train.arch"))
+    name += f" with {ARCH_NAMES.get(d_arch, d_arch)}'s D" if d_arch != params.get("train.arch") else ""
     return name + (f", {g_steps} G updates a step" if g_steps > 1 else "")
 
 
 SEED = "train.seed"  # what a row spans
 # What a row's name (method) and budget column already say.
-NAMED = ("train.arch", "train.loss", "train.pack", "train.g_steps", "train.steps", "train.batch_size",
-         "prepare.stacked_train", "evaluate.num_samples")
+NAMED = ("train.arch", "train.d_arch", "train.loss", "train.pack", "train.g_steps", "train.steps",
+         "train.batch_size", "prepare.stacked_train", "evaluate.num_samples",
+         "train.jit_compile")  # how the step compiles, not what it computes
 
 
 def setting(params: dict) -> tuple:
@@ -100,17 +103,27 @@ def distinguishing(settings: list[tuple]) -> list[str]:
     return [k for k in keys if len({dict(s).get(k) for s in settings}) > 1]
 
 
+def uses(params: dict, key: str) -> bool:
+    """Whether a run's networks read `key`: an arch section's keys (`train.<arch>.*`) only
+    runs of that arch, as G's or D's, read."""
+    parts = key.split(".")
+    if len(parts) > 2 and parts[0] == "train" and parts[1] in archs.NAMES:
+        return parts[1] in (params.get("train.arch"), params.get("train.d_arch"))
+    return True
+
+
 def usual(settings: list[tuple], keys: list[str]) -> dict[str, str | None]:
-    """Each key's most common value over the rows (None: the param is absent, as in
-    runs made before it existed); the first row's value wins a tie."""
-    return {k: Counter(dict(s).get(k) for s in settings).most_common(1)[0][0] for k in keys}
+    """Each key's most common value over the rows that use it (None: the param is absent,
+    as in runs made before it existed); the first row's value wins a tie."""
+    rows = [dict(s) for s in settings]
+    return {k: Counter(r.get(k) for r in rows if uses(r, k)).most_common(1)[0][0] for k in keys}
 
 
 def label(params: dict, shown: list[str], usual_values: dict[str, str | None] | None = None) -> str:
     """The method's name, then the settings that set its row apart from the others':
-    those of `shown`, less any at its usual value (`usual`) when given."""
+    those of `shown` that its networks use, less any at its usual value (`usual`) when given."""
     extra = ", ".join(f"{k} {params.get(k, '–')}" for k in shown
-                      if usual_values is None or params.get(k) != usual_values[k])
+                      if uses(params, k) and (usual_values is None or params.get(k) != usual_values[k]))
     return f"{method(params)}; {extra}" if extra else method(params)
 
 

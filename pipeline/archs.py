@@ -70,18 +70,18 @@ class MLPArch(ArchParams):
 
 def mlp_generator(z_dim: int, a: MLPArch, channels: int = 1, **code):
     """Seed 004: Dense blocks (128-256-512-1024), each LeakyReLU + BatchNorm(0.8), then Dense(784, tanh)."""
-    import keras
     from keras import layers
 
-    from pipeline.layers import latent
+    from pipeline.layers import generator_head, latent
 
-    z, x = latent(z_dim, **code)
+    g = latent(z_dim, **code)
+    x = g.x
     for units in a.g_units:
         x = layers.Dense(units)(x)
         x = layers.LeakyReLU(a.leaky_slope)(x)
         x = layers.BatchNormalization(momentum=a.g_bn_momentum)(x)
     x = layers.Reshape((28, 28, channels))(layers.Dense(28 * 28 * channels)(x))
-    return keras.Model(z, layers.Activation("tanh", dtype="float32")(x), name="generator")
+    return generator_head(g, x)
 
 
 def mlp_discriminator(a: MLPArch, channels: int = 1, pack: int = 1, condition: str = "none"):
@@ -123,19 +123,18 @@ class DCGANArch(ArchParams):
 def dcgan_generator(z_dim: int, a: DCGANArch, channels: int = 1, **code):
     """Seed 001 (Atienza): Dense to 7x7x128, then BatchNorm-ReLU-Conv2DTranspose
     blocks (filters 128/64/32/1, kernel 5, strides 2/2/1/1); tanh for [-1, 1]."""
-    import keras
     from keras import layers
 
-    from pipeline.layers import latent
+    from pipeline.layers import generator_head, latent
 
-    z, x = latent(z_dim, **code)
-    x = layers.Dense(7 * 7 * a.g_filters[0])(x)
+    g = latent(z_dim, **code)
+    x = layers.Dense(7 * 7 * a.g_filters[0])(g.x)
     x = layers.Reshape((7, 7, a.g_filters[0]))(x)
     for filters, strides in zip([*a.g_filters[:-1], channels], a.g_strides):
         x = layers.BatchNormalization()(x)
         x = layers.ReLU()(x)
         x = layers.Conv2DTranspose(filters, a.kernel_size, strides=strides, padding="same")(x)
-    return keras.Model(z, layers.Activation("tanh", dtype="float32")(x), name="generator")
+    return generator_head(g, x)
 
 
 def dcgan_discriminator(a: DCGANArch, channels: int = 1, pack: int = 1, condition: str = "none"):
@@ -194,11 +193,11 @@ def upsample_generator(z_dim: int, a: DCGANUpsampleArch, channels: int = 1, **co
     import keras
     from keras import layers
 
-    from pipeline.layers import latent
+    from pipeline.layers import generator_head, latent
 
     init = keras.initializers.RandomNormal(stddev=a.init_stddev)
-    z, x = latent(z_dim, **code)
-    x = layers.Dense(int(np.prod(a.g_dense_shape)), kernel_initializer=init)(x)
+    g = latent(z_dim, **code)
+    x = layers.Dense(int(np.prod(a.g_dense_shape)), kernel_initializer=init)(g.x)
     x = layers.BatchNormalization(momentum=a.g_bn_momentum)(x)
     x = _activation(a.activation)(x)
     x = layers.Reshape(tuple(a.g_dense_shape))(x)
@@ -215,7 +214,7 @@ def upsample_generator(z_dim: int, a: DCGANUpsampleArch, channels: int = 1, **co
         if i < last:
             x = layers.BatchNormalization(momentum=a.g_bn_momentum)(x)
             x = _activation(a.activation)(x)
-    return keras.Model(z, layers.Activation("tanh", dtype="float32")(x), name="generator")
+    return generator_head(g, x)
 
 
 def upsample_discriminator(a: DCGANUpsampleArch, channels: int = 1, pack: int = 1, condition: str = "none"):
@@ -261,17 +260,17 @@ def paper_generator(z_dim: int, a: DCGANPaperArch, channels: int = 1, **code):
     import keras
     from keras import layers
 
-    from pipeline.layers import latent
+    from pipeline.layers import generator_head, latent
 
     init = keras.initializers.RandomNormal(stddev=0.02)
-    z, x = latent(z_dim, **code)
-    x = layers.Reshape((2, 2, 8 * a.gf))(layers.Dense(2 * 2 * 8 * a.gf)(x))
+    g = latent(z_dim, **code)
+    x = layers.Reshape((2, 2, 8 * a.gf))(layers.Dense(2 * 2 * 8 * a.gf)(g.x))
     for i, filters in enumerate((4 * a.gf, 2 * a.gf, a.gf, channels)):
         x = layers.ReLU()(layers.BatchNormalization(momentum=a.bn_momentum, epsilon=1e-5)(x))
         x = layers.Conv2DTranspose(filters, a.kernel_size, strides=2, padding="same", kernel_initializer=init)(x)
         if i == 1:
             x = layers.Cropping2D(((1, 0), (1, 0)))(x)
-    return keras.Model(z, layers.Activation("tanh", dtype="float32")(x), name="generator")
+    return generator_head(g, x)
 
 
 def paper_discriminator(a: DCGANPaperArch, channels: int = 1, pack: int = 1, condition: str = "none"):
@@ -311,7 +310,7 @@ DIGITS = 10  # the classes a conditional network takes: the digits 0-9
 @dataclass(frozen=True)
 class Arch:
     params: type[ArchParams]     # its `train.<name>` section
-    generator: Callable          # (z_dim, params, channels, **layers.latent's codes) -> keras.Model
+    generator: Callable          # (z_dim, params, channels, **layers.latent's codes and apart) -> keras.Model
     discriminator: Callable      # (params, channels, pack, condition) -> keras.Model
     origin: str                  # where it comes from (the docs list it)
 

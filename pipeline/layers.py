@@ -62,6 +62,47 @@ class VirtualLabel(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mnist_gan")
+class ChannelsToBatch(layers.Layer):
+    """(n, c * d) -> (n * c, d): z's c slices as c rows, one per channel, so one network
+    draws each channel from its own slice (BatchToChannels gathers them back)."""
+
+    def __init__(self, c: int, **kw):
+        super().__init__(**kw)
+        self.c = c
+
+    def call(self, z):
+        return ops.reshape(z, (-1, z.shape[-1] // self.c))
+
+    def compute_output_shape(self, input_shape):
+        n, d = input_shape
+        return (None if n is None else n * self.c, d // self.c)
+
+    def get_config(self):
+        return {**super().get_config(), "c": self.c}
+
+
+@keras.saving.register_keras_serializable(package="mnist_gan")
+class BatchToChannels(layers.Layer):
+    """(n * c, h, w, 1) -> (n, h, w, c): each c consecutive one-channel images as the
+    channels of one image, in ChannelsToBatch's order."""
+
+    def __init__(self, c: int, **kw):
+        super().__init__(**kw)
+        self.c = c
+
+    def call(self, x):
+        _, h, w, _ = x.shape
+        return ops.transpose(ops.reshape(x, (-1, self.c, h, w)), (0, 2, 3, 1))
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, _ = input_shape
+        return (None if n is None else n // self.c, h, w, self.c)
+
+    def get_config(self):
+        return {**super().get_config(), "c": self.c}
+
+
+@keras.saving.register_keras_serializable(package="mnist_gan")
 class DigitCode(layers.Layer):
     """[z, digit] -> [z, scale * one_hot(digit)]: what a conditional generator reads."""
 
@@ -158,14 +199,35 @@ def critic_head(d: CriticInput, features, **dense) -> keras.Model:
     return keras.Model(d.inputs, logit, name="discriminator")
 
 
+class GeneratorInput(NamedTuple):
+    """A generator's Keras inputs (z, or [z, digit]), what its first layer reads, and
+    over how many channels it draws each one apart (generator_head finishes it)."""
+    inputs: object
+    x: object
+    apart: int
+
+
 def latent(z_dim: int, virtual_labels: int = 0, virtual_scale: float = 1.0, virtual_groups: int = 1,
-           condition: str = "none", condition_scale: float = 1.0):
+           condition: str = "none", condition_scale: float = 1.0, apart: int = 1) -> GeneratorInput:
     """The generator's inputs (z, or [z, digit] when conditional) and what its first
     layer reads: z, with its virtual label (`train.virtual_labels`) and its digit's
-    one-hot (`train.condition`) appended."""
+    one-hot (`train.condition`) appended. `apart` c > 1 (`train.channel_draw:
+    independent`): each of c channels is drawn by the same network from its own
+    slice of z, so what the first layer reads is c slices per image
+    (ChannelsToBatch), each with its own virtual codes."""
+    if apart > 1 and condition != "none":
+        raise ValueError("a generator that draws its channels apart takes no digit (condition: none)")
     z = keras.Input((z_dim,), name="z")
-    x = VirtualLabel(virtual_labels, virtual_scale, virtual_groups)(z) if virtual_labels else z
+    x = ChannelsToBatch(apart)(z) if apart > 1 else z
+    x = VirtualLabel(virtual_labels, virtual_scale, virtual_groups)(x) if virtual_labels else x
     if condition == "none":
-        return z, x
+        return GeneratorInput(z, x, apart)
     digit = keras.Input((), dtype="int32", name="digit")
-    return [z, digit], DigitCode(condition_scale)([x, digit])
+    return GeneratorInput([z, digit], DigitCode(condition_scale)([x, digit]), apart)
+
+
+def generator_head(g: GeneratorInput, x) -> keras.Model:
+    """The generator from its last layer's output: tanh in float32 (images keep full
+    range under mixed precision), its channels gathered back when drawn apart."""
+    x = layers.Activation("tanh", dtype="float32")(x)
+    return keras.Model(g.inputs, BatchToChannels(g.apart)(x) if g.apart > 1 else x, name="generator")

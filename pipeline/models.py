@@ -20,11 +20,27 @@ CHANNELS = (1, 3)  # grayscale digits, or Stacked MNIST's three
 
 
 def build_generator(p, channels: int = 1) -> keras.Model:
-    """The generator of `train.arch` (p: params.TrainParams), drawing images of `channels` (the data's)."""
-    return archs.REGISTRY[p.arch].generator(p.z_dim, p.arch_params, channels=channels,
+    """The generator of `train.arch` (p: params.TrainParams), drawing images of `channels`
+    (the data's): all together, or under `train.channel_draw: independent` each channel
+    by the same one-channel network from its own slice of z."""
+    apart = channels if p.channel_draw == "independent" else 1
+    if apart > 1:
+        _check_slices(p, apart)
+    return archs.REGISTRY[p.arch].generator(p.z_dim, p.arch_params, channels=channels // apart, apart=apart,
                                             virtual_labels=p.virtual_labels, virtual_scale=p.virtual_scale,
                                             virtual_groups=p.virtual_groups,
                                             condition=p.condition, condition_scale=p.condition_scale)
+
+
+def _check_slices(p, channels: int) -> None:
+    """z splits into one slice per channel, each holding its virtual codes."""
+    if p.z_dim % channels:
+        raise StageError(f"train.z_dim={p.z_dim} must be a multiple of the data's {channels} channels under "
+                         "train.channel_draw: independent (each channel is drawn from its own slice of z)")
+    if p.virtual_labels * p.virtual_groups > p.z_dim // channels:
+        raise StageError(f"train.virtual_labels={p.virtual_labels} times train.virtual_groups={p.virtual_groups} "
+                         f"must be at most train.z_dim / {channels} channels = {p.z_dim // channels} under "
+                         "train.channel_draw: independent (each channel's codes are read off its own slice)")
 
 
 def build_discriminator(p, channels: int = 1) -> keras.Model:

@@ -88,6 +88,10 @@ class _Train(Section):
     virtual_labels: int = Field(ge=0, le=1024)
     virtual_scale: float = Field(gt=0, le=100)
     virtual_groups: int = Field(ge=1, le=16)
+    # joint: G draws an image's channels together; independent: the same one-channel network
+    # draws each channel from its own slice of z (z_dim / channels each), as Stacked MNIST
+    # stacks independent digits (models.build_generator).
+    channel_draw: Literal["joint", "independent"]
     # mirrored: data-parallel over every GPU (else every CPU device) of this machine; multi_worker:
     # over the hosts TF_CONFIG names (distribution.strategy). Either way batch_size is the global batch.
     strategy: Literal["default", "mirrored", "multi_worker"]

@@ -148,3 +148,44 @@ def test_architecture_diagram_is_a_png(tmp_path):
     g, _ = build("mlp")
     with Image.open(models.plot(g, tmp_path / "g.png")) as img:
         assert img.format == "PNG" and img.height > img.width  # one layer under the other
+
+
+@pytest.mark.parametrize("arch", archs.NAMES)
+def test_channels_drawn_apart_are_one_network_on_each_slice_of_z(arch, tmp_path):
+    """train.channel_draw: independent: channel k of each image is what the same
+    one-channel network draws from z's k-th slice, with that slice's own code; it saves,
+    loads, and a slice moves its channel alone."""
+    p = train_params(arch=arch, z_dim=48, virtual_labels=5, channel_draw="independent")
+    g = models.build_generator(p, channels=3)
+    assert g.input_shape == (None, 48) and g.output_shape == (None, 28, 28, 3)
+    one = models.build_generator(train_params(arch=arch, z_dim=16, virtual_labels=5), channels=1)
+    assert one.count_params() == g.count_params()
+    one.set_weights(g.get_weights())
+    z = np.random.default_rng(2).standard_normal((5, 48)).astype("float32")
+    by_slice = one(z.reshape(15, 16)).numpy().reshape(5, 3, 28, 28).transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(g(z).numpy(), by_slice, atol=1e-6)
+    moved = z.copy()
+    moved[:, 16:32] = np.random.default_rng(3).standard_normal((5, 16))
+    diff = np.abs(g(moved).numpy() - g(z).numpy()).max(axis=(0, 1, 2))
+    assert diff[1] > 1e-3 and diff[0] == 0 and diff[2] == 0, diff
+    g.save(tmp_path / "g.keras")
+    np.testing.assert_array_equal(models.load_generator(tmp_path / "g.keras")(z).numpy(), g(z).numpy())
+
+
+def test_channels_apart_on_one_channel_is_the_joint_generator():
+    apart = models.build_generator(train_params(z_dim=16, virtual_labels=5, channel_draw="independent"), channels=1)
+    assert not any(isinstance(layer, (layers.ChannelsToBatch, layers.BatchToChannels)) for layer in apart.layers)
+    assert apart.input_shape == (None, 16) and apart.output_shape == (None, 28, 28, 1)
+
+
+def test_channels_apart_need_z_to_split_into_slices_with_room_for_the_codes():
+    from pipeline.errors import StageError
+
+    with pytest.raises(StageError, match=r"train.z_dim=100 must be a multiple of the data's 3 channels under "
+                                         r"train.channel_draw: independent"):
+        models.build_generator(train_params(z_dim=100, virtual_labels=5, channel_draw="independent"), channels=3)
+    with pytest.raises(StageError, match=r"train.virtual_labels=30 times train.virtual_groups=1 must be at most "
+                                         r"train.z_dim / 3 channels = 20"):
+        models.build_generator(train_params(z_dim=60, virtual_labels=30, channel_draw="independent"), channels=3)
+    with pytest.raises(StageError, match=r"train.channel_draw: Input should be 'joint' or 'independent'"):
+        train_params(channel_draw="apart")

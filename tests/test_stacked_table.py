@@ -140,3 +140,23 @@ def test_the_floor_is_kept_per_seed_for_the_same_key_only(tmp_path):
     stacked.atomic.write_json(path, {"key": "k", "rows": rows})
     assert stacked.cached_floor(path, "k", [1, 2]) == [rows[1]]
     assert stacked.cached_floor(path, "other", [0, 1]) == []
+
+
+def test_a_row_of_another_arch_names_what_sets_it_apart_not_its_arch_section():
+    """An MLP row beside DCGAN rows: its arch's numbers (train.mlp.*) and the DCGAN's it
+    lacks say nothing the method's name does not, and how the step compiles is no setting;
+    a setting of its own (here the channels drawn apart) is named."""
+    dcgan = {"train.arch": "dcgan_paper", "train.d_arch": "dcgan_paper", "train.loss": "bce", "train.pack": "2",
+             "train.dcgan_paper.gf": "64", "train.jit_compile": "False", "train.ema": "0.0"}
+    mlp = {"train.arch": "mlp", "train.d_arch": "mlp", "train.loss": "bce", "train.pack": "1",
+           "train.mlp.g_units": "[128, 256]", "train.jit_compile": "True", "train.ema": "0.0",
+           "train.channel_draw": "independent"}
+    wide = dict(dcgan, **{"train.dcgan_paper.gf": "96"})
+    runs = [dcgan, dict(dcgan), mlp, wide, dict(mlp, **{"train.d_arch": "dcgan_paper", "train.dcgan_paper.gf": "64"})]
+    settings = [stacked.setting(r) for r in runs]
+    shown = stacked.distinguishing(settings)
+    common = stacked.usual(settings, shown)
+    assert [stacked.label(r, shown, common) for r in runs] == [
+        "PacDCGAN2", "PacDCGAN2", "MLP GAN; train.channel_draw independent",
+        "PacDCGAN2; train.dcgan_paper.gf 96",
+        "MLP GAN with DCGAN's D; train.channel_draw independent"]
