@@ -103,6 +103,50 @@ class BatchToChannels(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mnist_gan")
+class ChannelsAsImages(layers.Layer):
+    """(n, h, w, c) -> (c * n, h, w, 1): each channel of each image as an image of its own,
+    channel by channel (channel 0 of every image first), so that packs of consecutive
+    images (Pack) hold one channel of consecutive images."""
+
+    def __init__(self, c: int, **kw):
+        super().__init__(**kw)
+        self.c = c
+
+    def call(self, x):
+        _, h, w, _ = x.shape
+        return ops.reshape(ops.transpose(x, (3, 0, 1, 2)), (-1, h, w, 1))
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, _ = input_shape
+        return (None if n is None else n * self.c, h, w, 1)
+
+    def get_config(self):
+        return {**super().get_config(), "c": self.c}
+
+
+@keras.saving.register_keras_serializable(package="mnist_gan")
+class SumOverChannels(layers.Layer):
+    """(c * m, 1) logits, ChannelsAsImages' order -> (m, 1): each image's channels' logits
+    summed. Where the channels are independent, under the data and the generator alike,
+    the log-ratio of the two densities is the sum of the channels' log-ratios: the
+    optimal discriminator's logit has this form."""
+
+    def __init__(self, c: int, **kw):
+        super().__init__(**kw)
+        self.c = c
+
+    def call(self, logits):
+        return ops.sum(ops.reshape(logits, (self.c, -1, logits.shape[-1])), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        n, k = input_shape
+        return (None if n is None else n // self.c, k)
+
+    def get_config(self):
+        return {**super().get_config(), "c": self.c}
+
+
+@keras.saving.register_keras_serializable(package="mnist_gan")
 class DigitCode(layers.Layer):
     """[z, digit] -> [z, scale * one_hot(digit)]: what a conditional generator reads."""
 

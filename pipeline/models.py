@@ -45,9 +45,21 @@ def _check_slices(p, channels: int) -> None:
 
 def build_discriminator(p, channels: int = 1) -> keras.Model:
     """The discriminator of `train.d_arch` (default: the generator's arch), with its params,
-    judging packs of `train.pack` images of `channels`, with their digits under `train.condition`."""
-    return archs.REGISTRY[p.d_arch_name].discriminator(getattr(p, p.d_arch_name), channels=channels, pack=p.pack,
-                                                       condition=p.condition)
+    judging packs of `train.pack` images of `channels`, with their digits under `train.condition`:
+    whole, or under `train.channel_judge: independent` each channel by the same one-channel
+    discriminator, the image's logit the sum of its channels'."""
+    def build(c: int) -> keras.Model:
+        return archs.REGISTRY[p.d_arch_name].discriminator(getattr(p, p.d_arch_name), channels=c, pack=p.pack,
+                                                           condition=p.condition)
+
+    if p.channel_judge == "joint" or channels == 1:
+        return build(channels)
+    if p.condition != "none":
+        raise StageError(f"train.channel_judge: independent judges each channel apart and takes no digit; "
+                         f"use train.condition: none (got {p.condition})")
+    image = keras.Input((28, 28, channels), name="image")
+    logits = build(1)(layers.ChannelsAsImages(channels)(image))
+    return keras.Model(image, layers.SumOverChannels(channels, dtype="float32")(logits), name="discriminator")
 
 
 def digit_input(model: keras.Model) -> int | None:
