@@ -189,3 +189,29 @@ def test_channels_apart_need_z_to_split_into_slices_with_room_for_the_codes():
         models.build_generator(train_params(z_dim=60, virtual_labels=30, channel_draw="independent"), channels=3)
     with pytest.raises(StageError, match=r"train.channel_draw: Input should be 'joint' or 'independent'"):
         train_params(channel_draw="apart")
+
+
+@pytest.mark.parametrize("arch", archs.NAMES)
+def test_channels_judged_apart_sum_one_discriminator_over_each_channel(arch):
+    """train.channel_judge: independent: an image's logit is the same one-channel D's logits
+    summed over its channels; under pack m, channel k of m consecutive images packs together."""
+    p = train_params(arch=arch, z_dim=16, virtual_labels=0, channel_judge="independent", pack=2)
+    d = models.build_discriminator(p, channels=3)
+    assert d.input_shape == (None, 28, 28, 3) and d.output_shape == (None, 1)
+    one = models.build_discriminator(train_params(arch=arch, z_dim=16, virtual_labels=0, pack=2), channels=1)
+    assert one.count_params() == d.count_params()
+    one.set_weights(d.get_weights())
+    x = np.random.default_rng(4).uniform(-1, 1, (6, 28, 28, 3)).astype("float32")
+    by_channel = sum(one(x[..., k:k + 1]).numpy() for k in range(3))
+    assert by_channel.shape == (3, 1)
+    np.testing.assert_allclose(d(x).numpy(), by_channel, rtol=1e-4, atol=1e-4)
+    assert models.build_discriminator(p, channels=1).input_shape == (None, 28, 28, 1)
+
+
+def test_channels_judged_apart_take_no_digit():
+    from pipeline.errors import StageError
+
+    p = train_params(channel_judge="independent", condition="concat")
+    with pytest.raises(StageError, match="train.channel_judge: independent judges each channel apart and takes no "
+                                         "digit; use train.condition: none"):
+        models.build_discriminator(p, channels=3)

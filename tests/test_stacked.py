@@ -192,6 +192,24 @@ def test_a_packed_gan_trains_on_stacked_images(arch, loss):
     assert gan.sampler(np.zeros((2, 8), np.float32)).shape == (2, 28, 28, 3)
 
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss,jit", [("bce", True), ("wgan-gp", False)])
+def test_a_gan_with_its_channels_drawn_and_judged_apart_trains_on_stacked_images(loss, jit):
+    """Both networks one-channel (train.channel_draw, channel_judge: independent), under XLA
+    and under a gradient penalty, which reaches the image through the channel split."""
+    from pipeline import train
+
+    p = train_params(arch="mlp", loss=loss, z_dim=12, virtual_labels=3, batch_size=8, steps=2, jit_compile=jit,
+                     standing_samples=64, channel_draw="independent", channel_judge="independent",
+                     mlp={"g_units": [16], "d_units": [16]})
+    gan = train.build(p, "float32", channels=3)
+    x, y = synthetic_digits()
+    images, _ = data.stack(x, y, 64, seed=0)
+    history = train.fit(gan, p, images, verbose=0)
+    assert len(history.rows) == 2 and all(np.isfinite(r["d_loss"]) for r in history.rows)
+    assert gan.sampler(np.zeros((2, 12), np.float32)).shape == (2, 28, 28, 3)
+
 def test_each_kind_of_generator_has_its_own_registered_model_and_bento_name():
     from serving import contract
 
