@@ -125,22 +125,22 @@ class ChannelsAsImages(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mnist_gan")
-class SumOverChannels(layers.Layer):
-    """(c * m, 1) logits, ChannelsAsImages' order -> (m, 1): each image's channels' logits
-    summed. Where the channels are independent, under the data and the generator alike,
-    the log-ratio of the two densities is the sum of the channels' log-ratios: the
-    optimal discriminator's logit has this form."""
+class ChannelLogits(layers.Layer):
+    """(c * m, 1) logits in ChannelsAsImages' order -> (m, c): each image's (or pack's)
+    row holds its channels' logits, so that a loss, which averages over every logit,
+    judges each channel as a sample of its own: the one-channel GAN's loss, over c times
+    the batch, with an image's rows kept together (real and generated split by rows)."""
 
     def __init__(self, c: int, **kw):
         super().__init__(**kw)
         self.c = c
 
     def call(self, logits):
-        return ops.sum(ops.reshape(logits, (self.c, -1, logits.shape[-1])), axis=0)
+        return ops.transpose(ops.reshape(logits, (self.c, -1)))
 
     def compute_output_shape(self, input_shape):
-        n, k = input_shape
-        return (None if n is None else n // self.c, k)
+        n, _ = input_shape
+        return (None if n is None else n // self.c, self.c)
 
     def get_config(self):
         return {**super().get_config(), "c": self.c}

@@ -47,7 +47,7 @@ def build_discriminator(p, channels: int = 1) -> keras.Model:
     """The discriminator of `train.d_arch` (default: the generator's arch), with its params,
     judging packs of `train.pack` images of `channels`, with their digits under `train.condition`:
     whole, or under `train.channel_judge: independent` each channel by the same one-channel
-    discriminator, the image's logit the sum of its channels'."""
+    discriminator, a logit per channel (n, channels), each a sample of the loss."""
     def build(c: int) -> keras.Model:
         return archs.REGISTRY[p.d_arch_name].discriminator(getattr(p, p.d_arch_name), channels=c, pack=p.pack,
                                                            condition=p.condition)
@@ -59,7 +59,7 @@ def build_discriminator(p, channels: int = 1) -> keras.Model:
                          f"use train.condition: none (got {p.condition})")
     image = keras.Input((28, 28, channels), name="image")
     logits = build(1)(layers.ChannelsAsImages(channels)(image))
-    return keras.Model(image, layers.SumOverChannels(channels, dtype="float32")(logits), name="discriminator")
+    return keras.Model(image, layers.ChannelLogits(channels, dtype="float32")(logits), name="discriminator")
 
 
 def digit_input(model: keras.Model) -> int | None:

@@ -93,7 +93,7 @@ class _Train(Section):
     # stacks independent digits (models.build_generator).
     channel_draw: Literal["joint", "independent"]
     # joint: D judges an image's channels together; independent: the same one-channel D judges
-    # each channel, the image's logit the sum of its channels' (models.build_discriminator).
+    # each channel as a sample of its own, a logit per channel (models.build_discriminator).
     channel_judge: Literal["joint", "independent"]
     # mirrored: data-parallel over every GPU (else every CPU device) of this machine; multi_worker:
     # over the hosts TF_CONFIG names (distribution.strategy). Either way batch_size is the global batch.

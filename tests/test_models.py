@@ -192,20 +192,23 @@ def test_channels_apart_need_z_to_split_into_slices_with_room_for_the_codes():
 
 
 @pytest.mark.parametrize("arch", archs.NAMES)
-def test_channels_judged_apart_sum_one_discriminator_over_each_channel(arch):
-    """train.channel_judge: independent: an image's logit is the same one-channel D's logits
-    summed over its channels; under pack m, channel k of m consecutive images packs together."""
+def test_channels_judged_apart_are_one_discriminator_on_each_channel(arch):
+    """train.channel_judge: independent: an image's logits are the same one-channel D's, one
+    per channel; under pack m, channel k of m consecutive images packs together."""
     p = train_params(arch=arch, z_dim=16, virtual_labels=0, channel_judge="independent", pack=2)
     d = models.build_discriminator(p, channels=3)
-    assert d.input_shape == (None, 28, 28, 3) and d.output_shape == (None, 1)
+    assert d.input_shape == (None, 28, 28, 3) and d.output_shape == (None, 3)
     one = models.build_discriminator(train_params(arch=arch, z_dim=16, virtual_labels=0, pack=2), channels=1)
     assert one.count_params() == d.count_params()
     one.set_weights(d.get_weights())
     x = np.random.default_rng(4).uniform(-1, 1, (6, 28, 28, 3)).astype("float32")
-    by_channel = sum(one(x[..., k:k + 1]).numpy() for k in range(3))
-    assert by_channel.shape == (3, 1)
+    by_channel = np.concatenate([one(x[..., k:k + 1]).numpy() for k in range(3)], axis=1)
+    assert by_channel.shape == (3, 3)
     np.testing.assert_allclose(d(x).numpy(), by_channel, rtol=1e-4, atol=1e-4)
-    assert models.build_discriminator(p, channels=1).input_shape == (None, 28, 28, 1)
+    # Real and generated images judged in one pass split by rows, each keeping its own logits.
+    both = d(np.concatenate([x, -x])).numpy()
+    np.testing.assert_allclose(both[:3], by_channel, rtol=1e-4, atol=1e-4)
+    assert models.build_discriminator(p, channels=1).output_shape == (None, 1)
 
 
 def test_channels_judged_apart_take_no_digit():
