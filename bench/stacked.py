@@ -1,10 +1,10 @@
 """Stacked MNIST's results table (docs/stacked.md): the papers' DCGAN, PacDCGAN2
 and PacDCGAN4 and PacDCGAN2's variants (two G updates a step, with virtual codes
-too; the weight average)
+too; the weight average), and stacked_best (the channels drawn and judged apart)
 over several training seeds, each row made from the MLflow result runs, beside the
 rows VEEGAN and PacGAN published.
 
-    python bench/stacked.py                                     # the six recipes, seeds 0 1 2
+    python bench/stacked.py                                     # the seven recipes, seeds 0 1 2
     python bench/stacked.py --set train.steps=1000 --work /tmp/stacked
     python bench/stacked.py --table-only --work /tmp/stacked    # the table from the runs there
     python bench/stacked.py --table-only --tracking-uri http://tracking:5000
@@ -54,7 +54,7 @@ from ops.recipe import overrides as recipe_overrides  # noqa: E402
 from pipeline import archs, atomic, params  # noqa: E402
 
 RECIPES = ("dcgan_paper_stacked", "dcgan_paper_pac2", "dcgan_paper_pac2_g2", "dcgan_paper_pac4",
-           "dcgan_paper_pac2_ema", "dcgan_paper_pac2_g2_virtual")
+           "dcgan_paper_pac2_ema", "dcgan_paper_pac2_g2_virtual", "stacked_best")
 # As VEEGAN (Srivastava et al. 2017, table 2) and PacGAN (Lin et al. 2018, table 3)
 # report them: their DCGAN-style architecture, their MNIST classifier, full training.
 PAPERS = (
