@@ -192,8 +192,26 @@ def floor_row(rows: list[dict]) -> str:
             f"| {' / '.join(str(int(m)) for m in modes)} | – | – |")
 
 
-def table(runs: list[dict], floor_rows: list[dict] | None = None) -> str:
-    """The floor, our rows (from the result runs) and the papers' rows, as Markdown."""
+def defaults(path: Path = ROOT / "params.yaml") -> dict[str, str]:
+    """params.yaml's values, flat and as MLflow logs them (strings)."""
+    return {k: str(v) for section in params.SECTIONS
+            for k, v in params.flat(section, params.load(section, path)).items()}
+
+
+def completed(run_params: dict, default: dict[str, str]) -> dict:
+    """A run's params with those it lacks at their default: a param is added with the
+    default that does what runs before it did (train.virtual_groups 1: one code), so a
+    run made before it ran as that value does. Not the keys that name a row or its budget,
+    which every run logs, some of them resolved from others (train.d_arch from the arch)."""
+    return {**{k: v for k, v in default.items()
+               if k not in run_params and k not in NAMED and k != SEED and uses(run_params, k)}, **run_params}
+
+
+def table(runs: list[dict], floor_rows: list[dict] | None = None, default: dict[str, str] | None = None) -> str:
+    """The floor, our rows (from the result runs, with params they lack at `default`, by
+    default params.yaml's) and the papers' rows, as Markdown."""
+    default = defaults() if default is None else default
+    runs = [dict(r, params=completed(r["params"], default)) for r in runs]
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault(setting(r["params"]), []).append(r)

@@ -160,3 +160,19 @@ def test_a_row_of_another_arch_names_what_sets_it_apart_not_its_arch_section():
         "PacDCGAN2", "PacDCGAN2", "MLP GAN; train.channel_draw independent",
         "PacDCGAN2; train.dcgan_paper.gf 96",
         "MLP GAN with DCGAN's D; train.channel_draw independent"]
+
+
+def test_a_run_made_before_a_param_existed_shares_the_row_of_its_default():
+    """A run that lacks train.virtual_groups ran as its default (one code) does: it shares
+    that row, and no row is named by a param at its default."""
+    base = {"train.arch": "dcgan_paper", "train.loss": "bce", "train.pack": "2", "train.virtual_labels": "0"}
+    default = {"train.virtual_groups": "1", "train.channel_draw": "joint", "train.mlp.g_units": "[128]"}
+    old, new = dict(base), dict(base, **{"train.virtual_groups": "1", "train.channel_draw": "joint"})
+    apart = dict(base, **{"train.virtual_groups": "1", "train.channel_draw": "independent"})
+    done = [stacked.completed(r, default) for r in (old, new, apart)]
+    assert done[0] == done[1] and "train.mlp.g_units" not in done[0]  # a DCGAN run reads no MLP section
+    settings = list(dict.fromkeys(stacked.setting(r) for r in done))
+    assert len(settings) == 2
+    shown = stacked.distinguishing(settings)
+    assert [stacked.label(r, shown, stacked.usual(settings, shown)) for r in done] == [
+        "PacDCGAN2", "PacDCGAN2", "PacDCGAN2; train.channel_draw independent"]
