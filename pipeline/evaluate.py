@@ -261,6 +261,23 @@ def conditional_figures(gen: np.ndarray, f_gen: np.ndarray, p_gen: np.ndarray, r
     return m, per_digit
 
 
+def class_figures(p_gen: np.ndarray, p_real: np.ndarray, real_labels: np.ndarray,
+                  p: params.EvaluateParams) -> dict[str, float]:
+    """Modes covered (of those expected) and class KL, from the judge's class probabilities
+    of generated and held-out images."""
+    gen_hist, real_hist = metrics.class_histogram(p_gen), metrics.class_histogram(p_real)
+    # The classes that exist come from the labels (prepare.digits).
+    present = present_classes(real_labels, p_gen.shape[1])
+    if p_gen.shape[1] == 10:
+        # Both histograms through the judge, so its mistakes cancel instead of counting as KL.
+        reference, min_share = real_hist, p.mode_min_share
+    else:
+        # The papers' Stacked MNIST protocol: against uniform, a mode is any code drawn once.
+        reference, min_share = present / present.sum(), 0.0
+    covered, expected = metrics.modes_covered(gen_hist * present, reference * present, min_share)
+    return {"modes_covered": covered, "modes_expected": expected, "class_kl": metrics.kl_divergence(gen_hist, reference)}
+
+
 def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.ndarray, judge,
           p: params.EvaluateParams, requested: Requested | None = None) -> Scores:
     """All metrics of 8-bit generated images against real held-out ones, and the verdict;
@@ -288,20 +305,9 @@ def score(gen: np.ndarray, real: np.ndarray, real_labels: np.ndarray, train: np.
     classes = p_gen.shape[1]
     gen_hist = metrics.class_histogram(p_gen)
     real_hist = metrics.class_histogram(p_real)
-    # The classes that exist come from the labels (prepare.digits).
-    present = present_classes(real_labels, classes)
-    if classes == 10:
-        # Both histograms through the judge, so its mistakes cancel instead of counting as KL.
-        reference, min_share = real_hist, p.mode_min_share
-    else:
-        # The papers' Stacked MNIST protocol: against uniform, a mode is any code drawn once.
-        reference, min_share = present / present.sum(), 0.0
-    covered, expected = metrics.modes_covered(gen_hist * present, reference * present, min_share)
     per_class = metrics.per_class_diversity(gen_l1, gen_cls_l1, real_l1, real_cls_l1, classes)
+    m.update(class_figures(p_gen, p_real, real_labels, p))
     m.update({
-        "modes_covered": covered,
-        "modes_expected": expected,
-        "class_kl": metrics.kl_divergence(gen_hist, reference),
         "class_entropy_gen": metrics.entropy(gen_hist),
         "class_entropy_real": metrics.entropy(real_hist),
         "judge_confidence_gen": float(p_gen.max(1).mean()),

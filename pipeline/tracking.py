@@ -38,6 +38,7 @@ from serving.contract import CHAMPION, REGISTERED_MODEL, project_root, tracking_
 
 EXPERIMENT = "mnist-gan"
 REPORTS_EXPERIMENT = "mnist-gan-reports"
+CURVES_EXPERIMENT = "mnist-gan-curves"  # bench/curves.py's runs: a quality curve per (recipe, seed)
 
 # Tags every run carries; `result` marks the runs that hold a pipeline result.
 TAG_COMMIT, TAG_EXP, TAG_HASH = "git_commit", "dvc_exp_name", "params_hash"
@@ -626,20 +627,26 @@ def _as_dict(r) -> dict:
             "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)}
 
 
-def result_runs(selectors: list[str] | None = None) -> list[dict]:
-    """The experiment's FINISHED result runs, oldest first; or the runs named
-    (by run name or id) in `selectors`, in that order (of several runs with one
-    name, the newest FINISHED one)."""
+def _search(experiment: str, filter_string: str) -> list[dict]:
+    """Every run of `experiment` that `filter_string` selects, oldest first."""
     c = client()
-    exp = c.get_experiment_by_name(EXPERIMENT)
+    exp = c.get_experiment_by_name(experiment)
     found, token = [], None
     while exp is not None:
-        page = c.search_runs([exp.experiment_id], filter_string=f"tags.{TAG_RESULT} = 'true'",
+        page = c.search_runs([exp.experiment_id], filter_string=filter_string,
                              order_by=["attributes.start_time ASC"], max_results=1000, page_token=token)
         found += [_as_dict(r) for r in page]
         token = page.token
         if not token:
             break
+    return found
+
+
+def result_runs(selectors: list[str] | None = None) -> list[dict]:
+    """The experiment's FINISHED result runs, oldest first; or the runs named
+    (by run name or id) in `selectors`, in that order (of several runs with one
+    name, the newest FINISHED one)."""
+    found = _search(EXPERIMENT, f"tags.{TAG_RESULT} = 'true'")
     if not selectors:
         return [r for r in found if r["status"] == "FINISHED"]
     out = []
@@ -650,6 +657,19 @@ def result_runs(selectors: list[str] | None = None) -> list[dict]:
         finished = [r for r in match if r["status"] == "FINISHED"]
         out.append((finished or match)[-1])
     return out
+
+
+def curve_run(name: str, params: dict, tags: dict):
+    """A quality curve's run, in an experiment of its own: `params` logged; FINISHED once
+    the block ends, FAILED on any exception, Ctrl-C and SIGTERM included."""
+    run = _new_run(CURVES_EXPERIMENT, name, {**_base_tags(params_hash(params)), **tags})
+    run.log_params(params)
+    return _lifecycle(run)
+
+
+def curve_runs() -> list[dict]:
+    """The FINISHED curve runs, oldest first."""
+    return _search(CURVES_EXPERIMENT, "attributes.status = 'FINISHED'")
 
 
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
