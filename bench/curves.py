@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
 from bench.seeds import cpu_model, stage  # noqa: E402
 from ops.recipe import overrides as recipe_overrides  # noqa: E402
-from pipeline import atomic, params  # noqa: E402
+from pipeline import atomic, errors, params  # noqa: E402
 
 # What each --scores choice records at a step, besides the step and its training seconds.
 SCORES = {
@@ -323,4 +323,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # SIGTERM unwinds as Ctrl-C does: a curve's run is marked FAILED, not left RUNNING.
+    errors.run_stage(main)
