@@ -194,12 +194,17 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+def number(x: float) -> str:
+    """Whole numbers from 100 on (modes, FCD), three figures below: no exponents."""
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def table(agg: list[dict]) -> str:
     keys = list(dict.fromkeys(k for r in agg for k in r if k not in ("candidate", "step", "seeds", "train_s")))
     lines = ["| candidate | step | seeds | train s (median) | " + " | ".join(keys) + " |",
              "|---|---:|---|---:|" + "---:|" * len(keys)]
     for r in agg:
-        cells = [f"{r[k]['mean']:.4g} ± {r[k]['std']:.2g}" if k in r else "–" for k in keys]
+        cells = [f"{number(r[k]['mean'])} ± {number(r[k]['std'])}" if k in r else "–" for k in keys]
         lines.append(f"| {r['candidate']} | {r['step']} | {' '.join(map(str, r['seeds']))} | {r['train_s']:.0f} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

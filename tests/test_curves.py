@@ -101,7 +101,7 @@ def test_the_table_gives_each_score_over_the_seeds_and_names_a_candidate_of_two_
     assert len(agg) == 1 and agg[0]["seeds"] == [0, 1, 2] and agg[0]["train_s"] == 61.0  # the median
     assert agg[0]["modes_covered"]["mean"] == pytest.approx(950) and agg[0]["modes_covered"]["min"] == 900
     assert agg[0]["class_kl"]["std"] == pytest.approx(0.2944, abs=1e-4)
-    assert "| a | 10 | 0 1 2 | 61 | 950 ± 41 | 0.6 ± 0.29 |" in curves.table(agg)
+    assert "| a | 10 | 0 1 2 | 61 | 950 ± 40.8 | 0.6 ± 0.294 |" in curves.table(agg)
     other = dict(rows[0], setting="s2")
     names = {r["candidate"] for r in curves.aggregate(rows + [other])}
     assert names == {"a (s1)", "a (s2)"}
