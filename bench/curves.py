@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no FINISHED curve runs in {tracking.redact(tracking.tracking_uri())}")
     if keys is not None:
         print(f"\ncurves made on {cpu_model()} in {time.perf_counter() - t0:.0f} s; work: {work}")
-    say(f"\n{len(runs)} FINISHED curve runs in the MLflow store; for every candidate: {' '.join(args.set) or 'nothing'}\n")
+    sets = "" if args.table_only else f"; for every candidate: {' '.join(args.set) or 'nothing'}"
+    say(f"\n{len(runs)} FINISHED curve runs in the MLflow store{sets}\n")
     agg = aggregate(points(runs))
     say(table(agg))
     if args.results is not None:
