@@ -254,7 +254,7 @@ def run_curves(args, work: Path, env: dict, say: results.Printout) -> set[str]:
         stage("judge", "--params", str(work / "params.yaml"), "--data", str(data), "--model", str(judge),
               "--report", str(work / "judge.json"), env=env)
     candidates = [(r.stem, recipe_overrides(r)) for r in args.recipe] or [("default", [])]
-    keys = set()
+    keys, finished = set(), {r["tags"].get(TAG_KEY) for r in tracking.curve_runs()}
     for seed in args.seeds or [None]:  # seed by seed: a stopped bench has every candidate on the first seeds
         for name, sets in candidates:
             seeded = args.set + ([] if seed is None else [f"train.seed={seed}"])
@@ -263,12 +263,14 @@ def run_curves(args, work: Path, env: dict, say: results.Printout) -> set[str]:
             keys.add(tags[TAG_KEY])
             run = f"{name}-seed{doc['train']['seed']}"
             title = f"{run}: {' '.join(sets + args.set) or 'params.yaml'}"
-            if any(r["tags"].get(TAG_KEY) == tags[TAG_KEY] for r in tracking.curve_runs()):
+            if tags[TAG_KEY] in finished:
                 say(f"{title}; scored before, kept")
                 continue
             say(title)
             d = work / run
             d.mkdir(exist_ok=True)
+            for png in d.glob("samples_*.png"):  # a stopped curve's, under another key: not this run's artifacts
+                png.unlink()
             (d / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
             (d / "tags.json").write_text(json.dumps({"name": run, "tags": tags}))
             proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", str(d), "--every",
